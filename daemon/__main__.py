@@ -1,0 +1,5 @@
+"""``python -m daemon`` runs the scanhopper command line."""
+
+from .cli import main
+
+main()

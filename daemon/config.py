@@ -1,0 +1,143 @@
+"""Configuration: one typed, validated model, read from TOML."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from .models import DEFAULT_DET_MODEL, DEFAULT_REC_MODEL
+
+__all__ = [
+    "ConfigError",
+    "OcrSettings",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+_DEVICE = re.compile(r"^(cpu|(gpu|npu|xpu):\d+)$")
+_ENGINES = ("onnxruntime", "paddle")
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or holds a bad key or value."""
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.match(value):
+        raise ValueError(f"device {value!r} is not one of cpu, gpu:N, npu:N, xpu:N")
+    return value
+
+
+def _check_engine(value: str) -> str:
+    if value not in _ENGINES and not re.match(r"^[\w.]+:\w+$", value):
+        raise ValueError(
+            f"engine {value!r} is not 'onnxruntime', 'paddle' or a 'module:Class' plugin"
+        )
+    return value
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
+"""A device slot name: ``cpu``, ``gpu:N``, ``npu:N`` or ``xpu:N`` (N is 0-based)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class OcrSettings(_Strict):
+    """What the OCR engine runs and how (PaddleOCR 3.x pipeline arguments)."""
+
+    engine: Annotated[str, AfterValidator(_check_engine)] = "onnxruntime"
+    """``onnxruntime`` (CPU, or GPU with onnxruntime-gpu), ``paddle`` (Paddle Inference,
+    for gpu/npu/xpu devices), or ``module:Class`` naming an engine plugin class."""
+    det_model: str = DEFAULT_DET_MODEL
+    """PaddleX name of the text detection model."""
+    det_model_dir: Path | None = None
+    """Local directory of the detection model; ``None``: the built-in offline model for
+    the default name, otherwise PaddleX resolves the name (it may download)."""
+    rec_model: str = DEFAULT_REC_MODEL
+    """PaddleX name of the text recognition model."""
+    rec_model_dir: Path | None = None
+    """Local directory of the recognition model; ``None`` as for ``det_model_dir``."""
+    textline_orientation: bool = False
+    """Classify each text line as upright or upside down (needs its own model)."""
+    textline_orientation_model: str = "PP-LCNet_x1_0_textline_ori"
+    """PaddleX name of the text line orientation model."""
+    textline_orientation_model_dir: Path | None = None
+    """Local directory of the text line orientation model."""
+    rec_batch_size: int = Field(8, ge=1, le=256)
+    """Text lines recognised per batch."""
+    det_limit_side_len: int = Field(960, ge=32, le=8192)
+    """Longest image side, in pixels, given to text detection (larger is resized)."""
+    cpu_threads: int = Field(2, ge=1, le=256)
+    """Threads each CPU worker may use for inference."""
+
+
+class WorkerSettings(_Strict):
+    """The OCR worker processes: one per device slot."""
+
+    devices: list[Device] = Field(default_factory=lambda: ["cpu"], min_length=1)
+    """One worker per entry; repeat ``cpu`` for several CPU workers."""
+    page_timeout: float = Field(300.0, gt=0)
+    """Seconds one page may take before its worker is killed and restarted."""
+    start_timeout: float = Field(180.0, gt=0)
+    """Seconds a worker may take to load its models and report ready."""
+    stop_grace: float = Field(10.0, ge=0)
+    """Seconds a worker gets to exit after its input is closed, then SIGTERM, then the
+    same again before SIGKILL."""
+    health_interval: float = Field(5.0, gt=0)
+    """Seconds between liveness checks of an idle worker."""
+
+
+class Settings(_Strict):
+    """Everything scanhopper reads from its configuration file."""
+
+    state_dir: Path = Path("scanhopper/state")
+    """Folder for the state database, model directories and temp caches."""
+    ocr: OcrSettings = Field(default_factory=OcrSettings)
+    """The OCR engine."""
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    """The OCR worker processes."""
+
+    @property
+    def models_dir(self) -> Path:
+        """Folder holding the assembled offline model directories."""
+        return self.state_dir / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Folder for PaddleX's cache and per-worker temp files."""
+        return self.state_dir / "cache"
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read and validate the configuration.
+
+    Args:
+        path: A TOML file, or ``None`` for the built-in defaults.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed, or a key is unknown or has a
+            bad value; the message names each bad key.
+    """
+    if path is None:
+        return Settings()
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc

@@ -1,0 +1,290 @@
+"""The OCR engine: page images in, text lines with polygons out (PaddleOCR 3.x).
+
+This is the only module that imports PaddleOCR, and it does so only inside
+:class:`PaddleEngine`, so the data types here are cheap to import anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import Settings
+from .models import ModelError, check_model_dir, ensure_default_models
+
+__all__ = [
+    "EngineOutputError",
+    "ImageError",
+    "OcrEngine",
+    "OcrResult",
+    "PaddleEngine",
+    "PageImage",
+    "TextLine",
+    "create_engine",
+    "load_page_image",
+    "make_result",
+]
+
+DEFAULT_DPI = 300.0
+"""DPI assumed for an image file that does not state one."""
+
+Point = tuple[float, float]
+"""A point in source-image pixels: ``(x, y)``, origin top-left, y downwards."""
+
+
+class ImageError(Exception):
+    """A page image cannot be decoded (corrupt, truncated, unsupported or too large)."""
+
+
+class EngineOutputError(Exception):
+    """The engine returned data that cannot be a text line (NaN or degenerate polygon)."""
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One recognised text line."""
+
+    text: str
+    """The recognised text."""
+    confidence: float
+    """Recognition score, 0.0 to 1.0."""
+    polygon: tuple[Point, Point, Point, Point]
+    """Four corners in source-image pixels: top-left, top-right, bottom-right,
+    bottom-left as the text reads (PaddleOCR's order)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form: ``{"text", "confidence", "polygon": [[x, y] * 4]}``."""
+        return {
+            "text": self.text,
+            "confidence": self.confidence,
+            "polygon": [list(p) for p in self.polygon],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextLine:
+        """Inverse of :meth:`to_dict`."""
+        polygon = tuple((float(x), float(y)) for x, y in data["polygon"])
+        return cls(data["text"], float(data["confidence"]), polygon)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class OcrResult:
+    """The OCR of one page image."""
+
+    width: int
+    """Image width in pixels (after EXIF orientation)."""
+    height: int
+    """Image height in pixels (after EXIF orientation)."""
+    dpi: float
+    """Resolution of the image in dots per inch (``DEFAULT_DPI`` when not stated)."""
+    lines: tuple[TextLine, ...]
+    """Text lines in the engine's reading order (top to bottom)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready form, as stored in the state database and sidecars."""
+        return {
+            "width": self.width,
+            "height": self.height,
+            "dpi": self.dpi,
+            "lines": [line.to_dict() for line in self.lines],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OcrResult:
+        """Inverse of :meth:`to_dict`."""
+        lines = tuple(TextLine.from_dict(d) for d in data["lines"])
+        return cls(int(data["width"]), int(data["height"]), float(data["dpi"]), lines)
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """Decoded pixels of one page, ready for the engine."""
+
+    pixels: np.ndarray
+    """``(height, width, 3)`` uint8 array, BGR channel order (OpenCV's)."""
+    dpi: float
+    """Resolution in dots per inch."""
+    source: Path | None = None
+    """The file the pixels came from, for messages."""
+
+
+class OcrEngine(Protocol):
+    """What a worker needs from an engine: pixels in, text lines out."""
+
+    def recognize(self, image: PageImage) -> list[TextLine]:
+        """Return the text lines of ``image`` in reading order."""
+        ...
+
+
+def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
+    """Decode one page image file, EXIF orientation applied.
+
+    Args:
+        path: JPEG, PNG, TIFF, BMP, WebP or any format Pillow reads.
+        frame: Frame of a multi-page TIFF, 0-based.
+
+    Returns:
+        The page, in BGR pixels, with the file's DPI or ``DEFAULT_DPI``.
+
+    Raises:
+        ImageError: the file is missing, not an image, truncated, has no such frame,
+            or exceeds Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+    """
+    try:
+        with Image.open(path) as im:
+            im.seek(frame)
+            dpi = _image_dpi(im)
+            upright = ImageOps.exif_transpose(im)
+            rgb = np.asarray(upright.convert("RGB"))
+    except EOFError as exc:
+        raise ImageError(f"{path}: has no frame {frame}") from exc
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot read image ({exc})") from exc
+    return PageImage(np.ascontiguousarray(rgb[:, :, ::-1]), dpi, path)
+
+
+def _image_dpi(im: Image.Image) -> float:
+    """The horizontal DPI an image file states, or ``DEFAULT_DPI``."""
+    dpi = im.info.get("dpi")
+    try:
+        value = float(dpi[0]) if dpi else 0.0
+    except (TypeError, ValueError):
+        value = 0.0
+    return value if 1.0 <= value <= 100_000.0 else DEFAULT_DPI
+
+
+def make_result(image: PageImage, lines: list[TextLine]) -> OcrResult:
+    """Check an engine's lines and bind them to the image size.
+
+    Polygon corners are clamped to the image; a line with an empty text is dropped.
+
+    Raises:
+        EngineOutputError: a corner or confidence is NaN or infinite.
+    """
+    height, width = image.pixels.shape[:2]
+    kept = []
+    for line in lines:
+        values = [c for p in line.polygon for c in p] + [line.confidence]
+        if len(line.polygon) != 4 or not all(math.isfinite(v) for v in values):
+            raise EngineOutputError(f"engine returned a bad polygon or score: {line!r}")
+        if not line.text.strip():
+            continue
+        polygon = tuple(
+            (min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height)))
+            for x, y in line.polygon
+        )
+        kept.append(TextLine(line.text, line.confidence, polygon))  # type: ignore[arg-type]
+    return OcrResult(width, height, image.dpi, tuple(kept))
+
+
+class PaddleEngine:
+    """The PaddleOCR 3.x pipeline (``paddleocr.PaddleOCR``), loaded once.
+
+    Not thread-safe: one instance per process (ARCHITECTURE.md, engine facts).
+    Document orientation and unwarping are always off, since they move coordinates off
+    the source pixels.
+
+    Args:
+        settings: The configuration.
+        device: PaddleOCR device string as the pinned process sees it (``cpu``,
+            ``gpu:0``, ``npu:0``, ``xpu:0``).
+
+    Raises:
+        ModelError: a model directory is missing or corrupt, or the engine cannot run
+            the configured model format.
+    """
+
+    def __init__(self, settings: Settings, device: str) -> None:
+        from paddleocr import PaddleOCR
+
+        ocr = settings.ocr
+        kwargs: dict[str, Any] = {
+            "use_doc_orientation_classify": False,
+            "use_doc_unwarping": False,
+            "use_textline_orientation": ocr.textline_orientation,
+            "text_detection_model_name": ocr.det_model,
+            "text_detection_model_dir": _model_dir(settings, "det"),
+            "text_recognition_model_name": ocr.rec_model,
+            "text_recognition_model_dir": _model_dir(settings, "rec"),
+            "text_recognition_batch_size": ocr.rec_batch_size,
+            "text_det_limit_side_len": ocr.det_limit_side_len,
+            "text_det_limit_type": "max",
+            "engine": ocr.engine,
+            "device": device,
+        }
+        if ocr.textline_orientation:
+            kwargs["textline_orientation_model_name"] = ocr.textline_orientation_model
+            kwargs["textline_orientation_model_dir"] = _model_dir(settings, "textline")
+        if ocr.engine == "onnxruntime":
+            kwargs["engine_config"] = {
+                "intra_op_num_threads": ocr.cpu_threads,
+                "inter_op_num_threads": 1,
+            }
+        else:
+            kwargs["cpu_threads"] = ocr.cpu_threads
+        try:
+            self._pipeline = PaddleOCR(**kwargs)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"PaddleOCR could not load its models: {exc}") from exc
+
+    def recognize(self, image: PageImage) -> list[TextLine]:
+        """Run detection and recognition on one page.
+
+        Returns:
+            Text lines in PaddleOCR's order, polygons in ``image`` pixels.
+        """
+        (result,) = self._pipeline.predict(image.pixels)
+        return [
+            TextLine(str(text), float(score), tuple((float(x), float(y)) for x, y in poly))
+            for text, score, poly in zip(
+                result["rec_texts"], result["rec_scores"], result["rec_polys"], strict=True
+            )
+        ]
+
+
+def _model_dir(settings: Settings, role: str) -> str | None:
+    """The local directory for a model role, assembling defaults; ``None`` for PaddleX."""
+    ocr = settings.ocr
+    name, path = {
+        "det": (ocr.det_model, ocr.det_model_dir),
+        "rec": (ocr.rec_model, ocr.rec_model_dir),
+        "textline": (ocr.textline_orientation_model, ocr.textline_orientation_model_dir),
+    }[role]
+    if path is None:
+        defaults = ensure_default_models(settings.models_dir) if role != "textline" else {}
+        if role in defaults and defaults[role].name == name:
+            if ocr.engine == "paddle":
+                raise ModelError(
+                    f"the built-in {name} model is ONNX and runs on engine 'onnxruntime'; "
+                    "engine 'paddle' needs a Paddle model directory "
+                    f"(ocr.{role}_model_dir) or an official PaddleX model name"
+                )
+            return str(defaults[role])
+        return None
+    check_model_dir(path, name)
+    return str(path)
+
+
+def create_engine(settings: Settings, device: str) -> OcrEngine:
+    """Build the configured engine, in the calling (worker) process.
+
+    ``ocr.engine`` is ``onnxruntime`` or ``paddle`` for :class:`PaddleEngine`, or
+    ``module:Class`` for a plugin class taking the same ``(settings, device)``
+    arguments (tests use this for scripted fake engines).
+
+    Raises:
+        ModelError: the models cannot be found or loaded.
+        ImportError: a plugin module or class cannot be imported.
+    """
+    name = settings.ocr.engine
+    if name in ("onnxruntime", "paddle"):
+        return PaddleEngine(settings, device)
+    module_name, _, class_name = name.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(settings, device)

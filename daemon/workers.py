@@ -1,0 +1,460 @@
+"""OCR worker processes, one per device slot, and the pool that supervises them.
+
+Each worker is a fresh Python interpreter (``python -m daemon.workers``; never a fork of
+a process that holds an engine) whose device is pinned in its environment before
+PaddleOCR or paddle is imported. It loads its engine once, then answers one JSON line
+per page on its stdout for each JSON line request on its stdin.
+
+Protocol (one JSON object per line):
+
+- worker -> pool, once: ``{"type": "ready", "pid", "device", "environment"}`` or
+  ``{"type": "fatal", "error"}`` (the engine could not load).
+- pool -> worker: ``{"id", "path", "frame"}`` (a page reference, never pixels).
+- worker -> pool: ``{"type": "result", "id", "result", "seconds"}`` or
+  ``{"type": "error", "id", "error"}`` (bad image or engine exception).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .config import Settings
+from .engine import OcrResult
+
+__all__ = [
+    "DeviceSlot",
+    "PageFailedError",
+    "WorkerPool",
+    "WorkerStartError",
+    "open_worker_pool",
+]
+
+log = structlog.get_logger(__name__)
+
+_VISIBLE_DEVICES = {
+    "gpu": "CUDA_VISIBLE_DEVICES",
+    "npu": "ASCEND_RT_VISIBLE_DEVICES",
+    "xpu": "XPU_VISIBLE_DEVICES",
+}
+"""Environment variable that restricts each accelerator kind to the listed devices
+(CUDA; Ascend CANN runtime; Kunlun XPU runtime)."""
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+_MAX_MESSAGE = 64 * 1024 * 1024
+"""Longest reply line accepted from a worker, in bytes."""
+
+
+class WorkerStartError(Exception):
+    """A worker could not load its engine (bad model, missing package, bad device)."""
+
+
+class PageFailedError(Exception):
+    """OCR of one page failed; the pool and the other pages go on.
+
+    Attributes:
+        reason: One line saying what happened, for status and logs.
+        cause: ``error`` (bad image or engine exception: retrying will not help),
+            ``crash`` (the worker died) or ``timeout`` (it exceeded the page timeout).
+    """
+
+    def __init__(self, reason: str, cause: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """One worker's device: ``cpu``, ``gpu:N``, ``npu:N`` or ``xpu:N``."""
+
+    name: str
+    """The configured device name, e.g. ``gpu:1``."""
+
+    @property
+    def kind(self) -> str:
+        """``cpu``, ``gpu``, ``npu`` or ``xpu``."""
+        return self.name.partition(":")[0]
+
+    @property
+    def engine_device(self) -> str:
+        """The device as the pinned worker sees it: ``cpu`` or ``<kind>:0``."""
+        return "cpu" if self.kind == "cpu" else f"{self.kind}:0"
+
+    def environment(self, settings: Settings) -> dict[str, str]:
+        """Variables that pin this slot's process to its device, and nothing else.
+
+        Every accelerator kind other than this slot's is hidden (an empty list); a CPU
+        slot gets its thread budget in the OpenMP/BLAS thread variables.
+        """
+        env = {var: "" for var in _VISIBLE_DEVICES.values()}
+        if self.kind == "cpu":
+            env.update({var: str(settings.ocr.cpu_threads) for var in _THREAD_VARIABLES})
+        else:
+            env[_VISIBLE_DEVICES[self.kind]] = self.name.partition(":")[2]
+        return env
+
+
+@dataclass(eq=False)
+class _Job:
+    """A page waiting for OCR, and where its outcome goes."""
+
+    path: Path
+    frame: int
+    id: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: OcrResult | None = None
+    error: PageFailedError | None = None
+
+    def finish(self, result: OcrResult | None, error: PageFailedError | None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class _WorkerLostError(Exception):
+    """The worker process died or had to be killed."""
+
+
+@dataclass
+class _Worker:
+    """One running worker process and its reply stream."""
+
+    slot: DeviceSlot
+    process: Process
+    replies: BufferedByteReceiveStream
+    tmpdir: Path
+
+    async def receive(self) -> dict[str, Any]:
+        """Next message from the worker.
+
+        Raises:
+            _WorkerLostError: the worker closed its output (it died).
+        """
+        try:
+            line = await self.replies.receive_until(b"\n", _MAX_MESSAGE)
+        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.DelimiterNotFound) as exc:
+            raise _WorkerLostError(await self._death()) from exc
+        return json.loads(line)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Write one request line.
+
+        Raises:
+            _WorkerLostError: the worker's input is closed (it died).
+        """
+        assert self.process.stdin is not None
+        try:
+            await self.process.stdin.send(json.dumps(message).encode() + b"\n")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise _WorkerLostError(await self._death()) from exc
+
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.process.returncode is None
+
+    async def _death(self) -> str:
+        """Wait (briefly) for the exit status and describe it."""
+        with anyio.move_on_after(5):
+            await self.process.wait()
+        code = self.process.returncode
+        if code is None:
+            return f"worker on {self.slot.name} stopped answering"
+        if code < 0:
+            return f"worker on {self.slot.name} died from {signal.Signals(-code).name}"
+        return f"worker on {self.slot.name} exited with code {code}"
+
+    async def stop(self, grace: float) -> None:
+        """Close its input, then SIGTERM, then SIGKILL, each after ``grace`` seconds.
+
+        Shielded from cancellation, so a worker is never left behind.
+        """
+        with anyio.CancelScope(shield=True):
+            assert self.process.stdin is not None
+            await self.process.stdin.aclose()
+            for escalate in (self.process.terminate, self.process.kill):
+                with anyio.move_on_after(grace):
+                    await self.process.wait()
+                if not self.alive():
+                    break
+                try:
+                    escalate()
+                except ProcessLookupError:
+                    break
+            await self.process.wait()
+            await self.process.aclose()
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+class WorkerPool:
+    """Feeds pages to the device slots' worker processes. Use :func:`open_worker_pool`.
+
+    Pages go through one bounded queue that every slot takes from, so a free device
+    always gets the next page. A worker that dies or exceeds the page timeout is
+    killed and restarted; the page it held fails with a :class:`PageFailedError`.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.slots = [DeviceSlot(name) for name in settings.workers.devices]
+        self.fatal: WorkerStartError | None = None
+        self.pids: dict[int, int | None] = {}
+        """Current worker process id per slot index (``None`` while restarting)."""
+        self._ids = count()
+        send, receive = anyio.create_memory_object_stream[_Job](len(self.slots))
+        self._send: MemoryObjectSendStream[_Job] = send
+        self._receive: MemoryObjectReceiveStream[_Job] = receive
+
+    async def ocr(self, path: Path, *, frame: int = 0) -> OcrResult:
+        """OCR one page image file on whichever device slot is free first.
+
+        Waits while every slot is busy and the queue is full (backpressure).
+
+        Args:
+            path: An image file the workers can read.
+            frame: Frame of a multi-page TIFF, 0-based.
+
+        Returns:
+            The page's text lines and size.
+
+        Raises:
+            PageFailedError: the image is bad, the engine raised, or the worker died or
+                timed out on this page.
+        """
+        job = _Job(Path(path).resolve(), frame, next(self._ids))
+        await self._send.send(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    async def _start_worker(self, index: int) -> _Worker:
+        """Spawn the slot's worker and wait until its engine is loaded.
+
+        Raises:
+            WorkerStartError: it reported a fatal error, died or timed out loading.
+        """
+        slot = self.slots[index]
+        tmpdir = self.settings.cache_dir / "workers" / f"{index}-{slot.name.replace(':', '')}"
+        tmpdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            **slot.environment(self.settings),
+            "TMPDIR": str(tmpdir),
+            "PADDLE_PDX_CACHE_HOME": str(self.settings.cache_dir / "paddlex"),
+            "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
+        }
+        process = await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "daemon.workers",
+                slot.name,
+                self.settings.model_dump_json(),
+            ],
+            env=env,
+            stderr=None,
+        )
+        assert process.stdout is not None
+        worker = _Worker(slot, process, BufferedByteReceiveStream(process.stdout), tmpdir)
+        try:
+            with anyio.fail_after(self.settings.workers.start_timeout):
+                hello = await worker.receive()
+        except (TimeoutError, _WorkerLostError) as exc:
+            await worker.stop(0)
+            raise WorkerStartError(
+                f"worker on {slot.name} did not start: {exc or 'timeout'}"
+            ) from exc
+        if hello.get("type") != "ready":
+            await worker.stop(0)
+            raise WorkerStartError(f"worker on {slot.name}: {hello.get('error', hello)}")
+        self.pids[index] = process.pid
+        log.info("worker_ready", device=slot.name, pid=process.pid)
+        return worker
+
+    async def _next_job(self, worker: _Worker) -> _Job | None:
+        """Wait for a page, checking the idle worker's health meanwhile.
+
+        Returns:
+            The next job, or ``None`` when the queue is closed and empty, or when the
+            worker died while idle (the caller restarts it).
+        """
+        while True:
+            with anyio.move_on_after(self.settings.workers.health_interval):
+                try:
+                    return await self._receive.receive()
+                except anyio.EndOfStream:
+                    return None
+            if not worker.alive():
+                return None
+
+    async def _run_job(self, worker: _Worker, job: _Job) -> bool:
+        """Send one page to the worker and deliver its outcome.
+
+        Returns:
+            True if the worker is still usable.
+
+        Raises:
+            _WorkerLostError: the worker was already dead before it got the page (the
+                page is not to blame and must be sent again).
+        """
+        await worker.send({"id": job.id, "path": str(job.path), "frame": job.frame})
+        try:
+            with anyio.fail_after(self.settings.workers.page_timeout):
+                reply = await worker.receive()
+        except TimeoutError:
+            reason = (
+                f"OCR timed out after {self.settings.workers.page_timeout:g} s "
+                f"on {worker.slot.name}"
+            )
+            job.finish(None, PageFailedError(reason, "timeout"))
+            return False
+        except _WorkerLostError as exc:
+            job.finish(None, PageFailedError(str(exc), "crash"))
+            return False
+        if reply.get("type") == "result" and reply.get("id") == job.id:
+            job.finish(OcrResult.from_dict(reply["result"]), None)
+        else:
+            job.finish(None, PageFailedError(str(reply.get("error", reply)), "error"))
+        return True
+
+    async def _serve_slot(self, index: int, ready: anyio.Event) -> None:
+        """Run one slot until the queue closes: start, feed and restart its worker."""
+        worker: _Worker | None = None
+        job: _Job | None = None
+        try:
+            while True:
+                if worker is None:
+                    worker = await self._start_worker(index)
+                    ready.set()
+                if job is None:
+                    job = await self._next_job(worker)
+                if job is None and worker.alive():
+                    return
+                usable = job is not None and await self._try_job(worker, job)
+                if job is not None and job.done.is_set():
+                    job = None
+                if usable:
+                    continue
+                log.warning("worker_restart", device=worker.slot.name, pid=worker.process.pid)
+                self.pids[index] = None
+                await worker.stop(0)
+                worker = None
+        except WorkerStartError as exc:
+            self.fatal = exc
+            if job is not None:
+                job.finish(None, PageFailedError(str(exc), "crash"))
+            raise
+        finally:
+            if worker is not None:
+                await worker.stop(self.settings.workers.stop_grace)
+
+    async def _try_job(self, worker: _Worker, job: _Job) -> bool:
+        """Run ``job`` on ``worker``; mark it done unless the worker was already dead.
+
+        Returns:
+            True when the job is finished and the worker still usable; False when the
+            worker must be restarted (the job is finished too, unless it never reached
+            the worker, in which case it is kept for the next worker).
+        """
+        with structlog.contextvars.bound_contextvars(device=worker.slot.name, page=str(job.path)):
+            try:
+                return await self._run_job(worker, job)
+            except _WorkerLostError as exc:
+                log.warning("worker_lost_before_page", reason=str(exc))
+                return False
+
+    def close(self) -> None:
+        """Take no more pages; the workers finish the queued ones, then stop."""
+        self._send.close()
+
+
+@asynccontextmanager
+async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
+    """Start one worker per configured device and yield the pool once all are ready.
+
+    On exit the queue is closed, queued and in-flight pages are finished (drained), and
+    every worker process is stopped and reaped.
+
+    Raises:
+        WorkerStartError: a worker could not load its engine; raised here, outside the
+            task group, so it is not wrapped in an ``ExceptionGroup``.
+    """
+    pool = WorkerPool(settings)
+    try:
+        async with anyio.create_task_group() as tg:
+            ready = [anyio.Event() for _ in pool.slots]
+            for index, event in enumerate(ready):
+                tg.start_soon(pool._serve_slot, index, event)
+            for event in ready:
+                await event.wait()
+            try:
+                yield pool
+            finally:
+                pool.close()
+    except BaseExceptionGroup:
+        if pool.fatal is not None:
+            raise pool.fatal from None
+        raise
+
+
+def _worker_main(device: str, settings_json: str) -> int:
+    """Body of a worker process: load the engine once, answer requests until EOF."""
+    from .engine import create_engine, load_page_image, make_result
+
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)  # whatever PaddleOCR prints goes to stderr, not into the protocol
+
+    def send(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message, ensure_ascii=False) + "\n")
+
+    slot = DeviceSlot(device)
+    settings = Settings.model_validate_json(settings_json)
+    try:
+        engine = create_engine(settings, slot.engine_device)
+    except Exception as exc:  # any load failure is reported, not raised
+        send({"type": "fatal", "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    pinned = slot.environment(settings)
+    send(
+        {
+            "type": "ready",
+            "pid": os.getpid(),
+            "device": slot.engine_device,
+            "environment": {k: os.environ.get(k) for k in pinned},
+        }
+    )
+    for line in sys.stdin:
+        request = json.loads(line)
+        started = time.perf_counter()
+        try:
+            image = load_page_image(Path(request["path"]), frame=request["frame"])
+            result = make_result(image, engine.recognize(image))
+        except Exception as exc:  # reported per page; the worker goes on
+            send({"type": "error", "id": request["id"], "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        seconds = time.perf_counter() - started
+        send(
+            {"type": "result", "id": request["id"], "result": result.to_dict(), "seconds": seconds}
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1], sys.argv[2]))
