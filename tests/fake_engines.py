@@ -1,0 +1,79 @@
+"""Scripted fake OCR engines, loaded by worker processes as ``fake_engines:ScriptedEngine``.
+
+The page's file name says what the engine does with it:
+
+- ``crash``: the process exits at once (``os._exit(3)``), mid-page.
+- ``segv``: the process kills itself with SIGSEGV.
+- ``hang``: the engine never returns.
+- ``raise``: the engine raises ``RuntimeError``.
+- ``nan``: a line with a NaN polygon.
+- ``slow``: takes 0.5 s.
+- anything else: one text line, the file stem, across the top of the page.
+
+Every construction and every call is recorded as a JSON file in ``$FAKE_ENGINE_LOG`` so
+tests can count engine calls and see the environment each worker really had.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from daemon.engine import PageImage, TextLine
+
+PINNED = (
+    "CUDA_VISIBLE_DEVICES",
+    "ASCEND_RT_VISIBLE_DEVICES",
+    "XPU_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+)
+
+
+def _record(kind: str, **data) -> None:
+    folder = os.environ.get("FAKE_ENGINE_LOG")
+    if folder:
+        path = Path(folder) / f"{kind}-{os.getpid()}-{uuid.uuid4().hex}.json"
+        path.write_text(json.dumps({"kind": kind, "pid": os.getpid(), **data}))
+
+
+class ScriptedEngine:
+    """A fake engine whose behaviour per page is chosen by the page's file name."""
+
+    def __init__(self, settings, device: str) -> None:
+        if os.environ.get("FAKE_ENGINE_FAIL"):
+            raise RuntimeError("fake engine told to fail at load")
+        self.device = device
+        _record("load", device=device, environment={k: os.environ.get(k) for k in PINNED})
+
+    def recognize(self, image: PageImage) -> list[TextLine]:
+        name = image.source.name if image.source else ""
+        _record("call", page=name, device=self.device)
+        if "crash" in name:
+            os._exit(3)
+        if "segv" in name:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if "hang" in name:
+            time.sleep(3600)
+        if "raise" in name:
+            raise RuntimeError(f"fake engine refuses {name}")
+        height, width = image.pixels.shape[:2]
+        if "nan" in name:
+            return [TextLine("bad", 0.5, ((float("nan"), 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))]
+        if "slow" in name:
+            time.sleep(0.5)
+        box = ((0.0, 0.0), (width * 0.8, 0.0), (width * 0.8, height * 0.1), (0.0, height * 0.1))
+        return [TextLine(Path(name).stem, 0.99, box)]
+
+
+def engine_calls(log_dir: Path) -> list[dict]:
+    """Every recognize call recorded in ``log_dir``."""
+    return [json.loads(p.read_text()) for p in log_dir.glob("call-*.json")]
+
+
+def engine_loads(log_dir: Path) -> list[dict]:
+    """Every engine construction recorded in ``log_dir``."""
+    return [json.loads(p.read_text()) for p in log_dir.glob("load-*.json")]

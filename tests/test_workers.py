@@ -1,0 +1,159 @@
+"""The worker pool with a scripted fake engine: pinning, faults, restarts, shutdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import psutil
+import pytest
+from fake_engines import engine_calls, engine_loads
+from PIL import Image
+
+from daemon.config import Settings
+from daemon.workers import DeviceSlot, PageFailedError, WorkerStartError, open_worker_pool
+
+pytestmark = pytest.mark.anyio
+
+
+def _page(folder: Path, name: str) -> Path:
+    path = folder / name
+    Image.new("RGB", (200, 100), "white").save(path)
+    return path
+
+
+def _with_devices(settings: Settings, devices: list[str], **workers) -> Settings:
+    return settings.model_copy(
+        update={"workers": settings.workers.model_copy(update={"devices": devices, **workers})}
+    )
+
+
+def _no_children_left() -> None:
+    assert psutil.Process().children(recursive=True) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("cpu", {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "2"}),
+        ("gpu:1", {"CUDA_VISIBLE_DEVICES": "1", "ASCEND_RT_VISIBLE_DEVICES": ""}),
+        ("npu:0", {"ASCEND_RT_VISIBLE_DEVICES": "0", "CUDA_VISIBLE_DEVICES": ""}),
+        ("xpu:3", {"XPU_VISIBLE_DEVICES": "3", "CUDA_VISIBLE_DEVICES": ""}),
+    ],
+)
+def test_device_slot_environment_pins_only_its_device(device, expected):
+    env = DeviceSlot(device).environment(Settings())
+    assert {k: env[k] for k in expected} == expected
+
+
+async def test_each_slot_process_sees_its_pinned_device(fake_settings, tmp_path):
+    settings = _with_devices(fake_settings, ["cpu", "gpu:1", "npu:0"])
+    async with open_worker_pool(settings) as pool:
+        pids = set(pool.pids.values())
+    loads = {load["pid"]: load for load in engine_loads(tmp_path / "engine-log")}
+    assert set(loads) == pids
+    seen = sorted(
+        (
+            load["device"],
+            load["environment"]["CUDA_VISIBLE_DEVICES"],
+            load["environment"]["ASCEND_RT_VISIBLE_DEVICES"],
+            load["environment"]["OMP_NUM_THREADS"],
+        )
+        for load in loads.values()
+    )
+    assert seen == [
+        ("cpu", "", "", "2"),
+        ("gpu:0", "1", "", None),
+        ("npu:0", "", "0", None),
+    ]
+    _no_children_left()
+
+
+async def test_pages_are_recognised_by_the_worker(fake_settings, tmp_path):
+    async with open_worker_pool(fake_settings) as pool:
+        result = await pool.ocr(_page(tmp_path, "p1.png"))
+    assert (result.width, result.height) == (200, 100)
+    assert [line.text for line in result.lines] == ["p1"]
+    assert result.lines[0].polygon[2] == (160.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "cause", "reason"),
+    [
+        ("crash.png", "crash", "exited with code 3"),
+        ("segv.png", "crash", "SIGSEGV"),
+        ("hang.png", "timeout", "timed out after 3 s on cpu"),
+        ("raise.png", "error", "fake engine refuses raise.png"),
+        ("nan.png", "error", "bad polygon"),
+    ],
+)
+async def test_a_failing_page_fails_alone_and_the_next_page_succeeds(
+    fake_settings, tmp_path, name, cause, reason
+):
+    async with open_worker_pool(fake_settings) as pool:
+        before = pool.pids[0]
+        with pytest.raises(PageFailedError) as failure:
+            await pool.ocr(_page(tmp_path, name))
+        after = await pool.ocr(_page(tmp_path, "next.png"))
+        restarted = pool.pids[0] != before
+    assert failure.value.cause == cause
+    assert reason in failure.value.reason
+    assert [line.text for line in after.lines] == ["next"]
+    assert restarted == (cause != "error")
+    _no_children_left()
+
+
+async def test_a_corrupt_image_is_a_page_error_naming_the_file(fake_settings, tmp_path):
+    bad = tmp_path / "truncated.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    async with open_worker_pool(fake_settings) as pool:
+        with pytest.raises(PageFailedError) as failure:
+            await pool.ocr(bad)
+    assert failure.value.cause == "error"
+    assert "truncated.png" in failure.value.reason
+
+
+async def test_a_worker_killed_while_idle_is_restarted(fake_settings, tmp_path):
+    async with open_worker_pool(fake_settings) as pool:
+        victim = pool.pids[0]
+        psutil.Process(victim).kill()
+        with anyio.fail_after(10):
+            while pool.pids.get(0) in (victim, None):
+                await anyio.sleep(0.05)
+        result = await pool.ocr(_page(tmp_path, "after.png"))
+    assert [line.text for line in result.lines] == ["after"]
+
+
+async def test_pages_spread_over_all_slots(fake_settings, tmp_path):
+    settings = _with_devices(fake_settings, ["cpu", "cpu"])
+    pages = [_page(tmp_path, f"slow{i}.png") for i in range(6)]
+    async with open_worker_pool(settings) as pool, anyio.create_task_group() as tg:
+        for page in pages:
+            tg.start_soon(pool.ocr, page)
+    calls = engine_calls(tmp_path / "engine-log")
+    assert sorted(call["page"] for call in calls) == sorted(p.name for p in pages)
+    assert len({call["pid"] for call in calls}) == 2
+
+
+async def test_shutdown_drains_the_page_in_flight(fake_settings, tmp_path):
+    results = []
+
+    async def ocr(pool, page):
+        results.append(await pool.ocr(page))
+
+    async with anyio.create_task_group() as tg:
+        async with open_worker_pool(fake_settings) as pool:
+            tg.start_soon(ocr, pool, _page(tmp_path, "slow-last.png"))
+            with anyio.fail_after(10):
+                while not engine_calls(tmp_path / "engine-log"):
+                    await anyio.sleep(0.02)
+    assert [line.text for r in results for line in r.lines] == ["slow-last"]
+    _no_children_left()
+
+
+async def test_an_engine_that_cannot_load_is_a_plain_start_error(fake_settings, monkeypatch):
+    monkeypatch.setenv("FAKE_ENGINE_FAIL", "1")
+    with pytest.raises(WorkerStartError, match="fake engine told to fail at load"):
+        async with open_worker_pool(fake_settings):
+            pass
+    _no_children_left()
