@@ -27,6 +27,7 @@ __all__ = [
     "PageImage",
     "TextLine",
     "create_engine",
+    "image_dpi",
     "load_page_image",
     "make_result",
 ]
@@ -139,7 +140,7 @@ def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
     try:
         with Image.open(path) as im:
             im.seek(frame)
-            dpi = _image_dpi(im)
+            dpi = image_dpi(im)
             upright = ImageOps.exif_transpose(im)
             rgb = np.asarray(upright.convert("RGB"))
     except EOFError as exc:
@@ -149,7 +150,7 @@ def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
     return PageImage(np.ascontiguousarray(rgb[:, :, ::-1]), dpi, path)
 
 
-def _image_dpi(im: Image.Image) -> float:
+def image_dpi(im: Image.Image) -> float:
     """The horizontal DPI an image file states, or ``DEFAULT_DPI``."""
     dpi = im.info.get("dpi")
     try:
@@ -241,11 +242,25 @@ class PaddleEngine:
         """
         (result,) = self._pipeline.predict(image.pixels)
         return [
-            TextLine(str(text), float(score), tuple((float(x), float(y)) for x, y in poly))
+            TextLine(str(text), float(score), _text_polygon(poly))
             for text, score, poly in zip(
                 result["rec_texts"], result["rec_scores"], result["rec_polys"], strict=True
             )
         ]
+
+
+def _text_polygon(poly: Any) -> tuple[Point, Point, Point, Point]:
+    """Reorder a PaddleOCR box so its first edge is the top of the text.
+
+    PaddleOCR gives boxes clockwise from the image's top-left, and reads a box at least
+    1.5 times taller than wide as text running top to bottom (it turns such crops by
+    90 degrees before recognition: PaddleX ``get_rotate_crop_image``). For those, the
+    text's top edge is the box's right side.
+    """
+    p0, p1, p2, p3 = ((float(x), float(y)) for x, y in poly)
+    across = max(math.dist(p0, p1), math.dist(p2, p3))
+    down = max(math.dist(p0, p3), math.dist(p1, p2))
+    return (p1, p2, p3, p0) if down >= 1.5 * across else (p0, p1, p2, p3)
 
 
 def _model_dir(settings: Settings, role: str) -> str | None:

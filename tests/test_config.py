@@ -40,7 +40,7 @@ def test_a_bad_key_is_named_in_the_error(tmp_path, text, message):
 
 
 def test_a_missing_file_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="nope.toml"):
+    with pytest.raises(ConfigError, match=r"nope\.toml"):
         load_settings(tmp_path / "nope.toml")
 
 

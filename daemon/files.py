@@ -1,0 +1,51 @@
+"""Atomic file output: temp file beside the destination, fsync, rename."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["temp_path_for", "write_atomically"]
+
+
+def temp_path_for(dest: Path) -> Path:
+    """The temp name used beside ``dest`` while it is written.
+
+    It starts with a dot and ends in ``.part``, names the watcher ignores.
+    """
+    return dest.with_name(f".{dest.name}.{os.getpid()}.part")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    """Produce ``dest`` whole or not at all.
+
+    ``write`` is called with a temp path on the same filesystem; the file it writes is
+    fsynced, renamed over ``dest`` and the directory fsynced, so a crash at any instant
+    leaves either the old file or the new one, never a partial one.
+
+    Args:
+        dest: The final path; its folder must exist.
+        write: Writes the complete file at the path it is given.
+
+    Raises:
+        OSError: writing, syncing or renaming failed (e.g. ENOSPC); the temp file is
+            removed and ``dest`` is untouched. Whatever ``write`` raises, likewise.
+    """
+    tmp = temp_path_for(dest)
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(dest.parent)

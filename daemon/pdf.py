@@ -1,0 +1,458 @@
+"""Searchable PDF: page sources in, one PDF out (the scan plus an invisible text layer).
+
+The only module that imports PyMuPDF. Coordinates: OCR polygons are in source-image
+pixels (origin top-left); PDF geometry is in points (1/72 inch), in PyMuPDF's page
+space (origin top-left of the unrotated page, y downwards).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from itertools import islice
+from pathlib import Path
+from typing import Literal
+
+import pymupdf
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from . import __version__
+from .engine import OcrResult, TextLine, image_dpi
+from .files import write_atomically
+from .layout import reading_order
+
+__all__ = [
+    "EncryptedPdfError",
+    "PageSource",
+    "PageSourceError",
+    "PdfPage",
+    "TextPolicy",
+    "assemble_pdf",
+    "expand_pages",
+    "needs_ocr",
+    "render_page",
+]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
+"""File name endings taken as page images (case-insensitive)."""
+
+_FONT_NAME = "ShOcr"
+_FONT = pymupdf.Font("cjk")
+"""Droid Sans Fallback: Latin, CJK, kana and Hangul; embedded with a ToUnicode map."""
+
+# PIL's EXIF orientation (TIFF tag 274) -> counter-clockwise rotation that PyMuPDF's
+# insert_image applies to show the stored pixels upright. Mirrored orientations (2, 4,
+# 5, 7) have no rotation equivalent and are re-encoded upright instead.
+_EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
+
+
+class TextPolicy(StrEnum):
+    """What to do with a PDF page that already has text (OCRmyPDF's three modes)."""
+
+    skip = "skip"
+    """Keep the page as it is, no OCR (``--skip-text``)."""
+    redo = "redo"
+    """Remove the page's invisible text (an earlier OCR layer) and OCR it again; a page
+    with visible text is kept as it is (``--redo-ocr``)."""
+    force = "force"
+    """OCR every page and add the new layer on top of any text (``--force-ocr``, but
+    the page's own content is kept, not rasterised)."""
+
+
+class PageSourceError(Exception):
+    """A page cannot be read: the message names the file and the page (1-based)."""
+
+    def __init__(self, path: Path, page: int | None, reason: str) -> None:
+        where = f"{path}" if page is None else f"{path} page {page + 1}"
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.page = page
+        self.reason = reason
+
+
+class EncryptedPdfError(PageSourceError):
+    """The PDF needs a password."""
+
+
+@dataclass(frozen=True)
+class PageSource:
+    """Where one page comes from."""
+
+    path: Path
+    """The image or PDF file."""
+    kind: Literal["image", "pdf"]
+    """``image`` (one frame of an image file) or ``pdf`` (one page of a PDF)."""
+    index: int = 0
+    """Frame or page index in the file, 0-based."""
+
+
+@dataclass(frozen=True)
+class PdfPage:
+    """One page to write: its source, and its OCR (``None``: no text layer)."""
+
+    source: PageSource
+    ocr: OcrResult | None
+
+
+def _open_pdf(path: Path) -> pymupdf.Document:
+    """Open a PDF for reading.
+
+    Raises:
+        EncryptedPdfError: it needs a password.
+        PageSourceError: it is not a readable PDF or has no pages.
+    """
+    try:
+        doc = pymupdf.open(path, filetype="pdf")
+    except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
+        raise PageSourceError(path, None, f"not a readable PDF ({exc})") from exc
+    if doc.needs_pass:
+        doc.close()
+        raise EncryptedPdfError(path, None, "the PDF is encrypted and needs a password")
+    if doc.page_count == 0:
+        doc.close()
+        raise PageSourceError(path, None, "the PDF has no pages")
+    return doc
+
+
+def expand_pages(path: Path) -> list[PageSource]:
+    """List the pages of a file: one per PDF page or image frame, in order.
+
+    Raises:
+        PageSourceError: unsupported type, unreadable or empty file (encrypted PDFs
+            raise :class:`EncryptedPdfError`).
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".pdf":
+        with _open_pdf(path) as doc:
+            return [PageSource(path, "pdf", i) for i in range(doc.page_count)]
+    if suffix not in IMAGE_SUFFIXES:
+        raise PageSourceError(path, None, f"unsupported file type {suffix or '(none)'!r}")
+    try:
+        with Image.open(path) as im:
+            frames = getattr(im, "n_frames", 1)
+            im.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+        raise PageSourceError(path, None, f"not a readable image ({exc})") from exc
+    return [PageSource(path, "image", i) for i in range(frames)]
+
+
+def _has_visible_text(page: pymupdf.Page) -> bool:
+    return any(span["type"] != 3 for span in page.get_texttrace())
+
+
+def needs_ocr(source: PageSource, policy: TextPolicy) -> bool:
+    """Whether a page should be OCR'd under ``policy`` (images always are).
+
+    Raises:
+        PageSourceError: the PDF page cannot be read.
+    """
+    if source.kind == "image" or policy is TextPolicy.force:
+        return True
+    with _open_pdf(source.path) as doc:
+        page = _load_page(doc, source)
+        if policy is TextPolicy.skip:
+            return not page.get_text("text").strip()
+        return not _has_visible_text(page)
+
+
+def _load_page(doc: pymupdf.Document, source: PageSource) -> pymupdf.Page:
+    try:
+        return doc.load_page(source.index)
+    except (ValueError, IndexError, RuntimeError) as exc:
+        raise PageSourceError(source.path, source.index, f"cannot load page ({exc})") from exc
+
+
+def render_page(source: PageSource, dest: Path, *, dpi: float, max_pixels: int) -> float:
+    """Rasterise one PDF page to a PNG for OCR, as a viewer shows it (rotation applied).
+
+    The resolution is lowered where ``dpi`` would exceed ``max_pixels`` pixels, so a
+    huge page costs bounded memory.
+
+    Args:
+        source: A ``pdf`` page.
+        dest: The PNG file to write.
+        dpi: Wanted resolution in dots per inch.
+        max_pixels: Most pixels (width x height) the image may have.
+
+    Returns:
+        The DPI actually used (also stored in the PNG).
+
+    Raises:
+        PageSourceError: the page cannot be read or rendered.
+    """
+    with _open_pdf(source.path) as doc:
+        page = _load_page(doc, source)
+        area_in2 = (page.rect.width / 72.0) * (page.rect.height / 72.0)
+        used = min(dpi, math.sqrt(max_pixels / max(area_in2, 1e-6)))
+        try:
+            pix = page.get_pixmap(dpi=max(int(used), 1), colorspace=pymupdf.csRGB, annots=False)
+            pix.set_dpi(pix.xres, pix.yres)
+            pix.save(dest, output="png")
+        except (RuntimeError, ValueError, MemoryError) as exc:
+            raise PageSourceError(source.path, source.index, f"cannot render ({exc})") from exc
+        return float(max(int(used), 1))
+
+
+def _fit_line(
+    line: TextLine, to_page: pymupdf.Matrix
+) -> tuple[pymupdf.Point, float, pymupdf.Matrix]:
+    """Place one text line on its polygon.
+
+    Font size from the line height (the font's ascender-to-descender box equals the
+    polygon's height), horizontal scale to the polygon's width, rotation from its top
+    edge; the baseline starts one ascender below the top-left corner.
+
+    Returns:
+        ``(baseline origin, font size in points, morph matrix about the origin)``.
+    """
+    p0, p1, p2, p3 = (pymupdf.Point(x, y) * to_page for x, y in line.polygon)
+    top = p1 - p0
+    width = (abs(p1 - p0) + abs(p2 - p3)) / 2
+    height = (abs(p3 - p0) + abs(p2 - p1)) / 2
+    angle = math.atan2(top.y, top.x)
+    down = pymupdf.Point(-math.sin(angle), math.cos(angle))
+    fontsize = max(height / (_FONT.ascender - _FONT.descender), 0.5)
+    origin = p0 + down * (_FONT.ascender * fontsize)
+    natural = _FONT.text_length(line.text, fontsize=fontsize)
+    scale = width / natural if natural > 0 else 1.0
+    # Row-vector convention: scale along the baseline first, then rotate. PyMuPDF's
+    # Matrix(deg) turns counter-clockwise on a y-up page, i.e. -angle here (y down).
+    morph = pymupdf.Matrix(scale, 0, 0, 1, 0, 0) * pymupdf.Matrix(-math.degrees(angle))
+    return origin, fontsize, morph
+
+
+def _add_text_layer(page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
+    """Write every OCR line as invisible text (render mode 3) in one content stream."""
+    if not ocr.lines:
+        return
+    page.insert_font(fontname=_FONT_NAME, fontbuffer=_FONT.buffer)
+    shape = page.new_shape()
+    for index in reading_order(ocr.lines):
+        line = ocr.lines[index]
+        origin, fontsize, morph = _fit_line(line, to_page)
+        shape.insert_text(
+            origin,
+            line.text,
+            fontsize=fontsize,
+            fontname=_FONT_NAME,
+            render_mode=3,
+            morph=(origin, morph),
+        )
+    shape.commit(overlay=True)
+
+
+def _image_page(doc: pymupdf.Document, item: PdfPage) -> None:
+    """Add an image page: its size from pixels and DPI, the scan's bytes kept."""
+    source, ocr = item.source, item.ocr
+    try:
+        with Image.open(source.path) as im:
+            im.seek(source.index)
+            orientation = im.getexif().get(274, 1)
+            keep_jpeg = im.format == "JPEG" and orientation in _EXIF_ROTATION
+            upright = im if keep_jpeg else ImageOps.exif_transpose(im)
+            width, height = im.size[::-1] if orientation in (6, 8) else im.size
+            if not keep_jpeg:
+                stream = _lossless(upright)
+            dpi = _dpi(im, ocr)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError) as exc:
+        raise PageSourceError(source.path, source.index, f"not a readable image ({exc})") from exc
+    if keep_jpeg:
+        stream = source.path.read_bytes()
+    page = doc.new_page(width=width * 72.0 / dpi, height=height * 72.0 / dpi)
+    page.insert_image(
+        page.rect,
+        stream=stream,
+        rotate=_EXIF_ROTATION[orientation] if keep_jpeg else 0,
+        keep_proportion=False,
+    )
+    if ocr is not None:
+        _add_text_layer(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
+
+
+def _dpi(im: Image.Image, ocr: OcrResult | None) -> float:
+    """The page's DPI: the one the OCR saw, else the file's, else 300."""
+    return ocr.dpi if ocr is not None else image_dpi(im)
+
+
+def _lossless(im: Image.Image) -> bytes:
+    """Encode an upright image losslessly for PDF (PNG; bilevel stays 1 bit)."""
+    if im.mode not in ("1", "L", "RGB", "LA", "RGBA", "P"):
+        im = im.convert("RGB")
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _pdf_page(
+    doc: pymupdf.Document, src: pymupdf.Document, item: PdfPage, policy: TextPolicy
+) -> None:
+    """Copy a PDF page as it is and lay the text layer on top.
+
+    ``src`` is the page's source document, opened once per chunk so that objects its
+    pages share (an image used on every page) are copied once (PyMuPDF keeps a graft
+    map per source document).
+    """
+    source = item.source
+    _load_page(src, source)
+    doc.insert_pdf(src, from_page=source.index, to_page=source.index)
+    page = doc[-1]
+    if item.ocr is None:
+        return
+    if policy is TextPolicy.redo:
+        _remove_invisible_text(page)
+    zoom = 72.0 / item.ocr.dpi
+    _add_text_layer(page, item.ocr, pymupdf.Matrix(zoom, zoom) * page.derotation_matrix)
+
+
+def _remove_invisible_text(page: pymupdf.Page) -> None:
+    """Remove text drawn in render mode 3 (an earlier OCR layer), keeping images and
+    vector graphics (redactions limited to the invisible spans' boxes)."""
+    boxes = [pymupdf.Rect(span["bbox"]) for span in page.get_texttrace() if span["type"] == 3]
+    for box in boxes:
+        page.add_redact_annot(box * page.derotation_matrix)
+    if boxes:
+        page.apply_redactions(
+            images=pymupdf.PDF_REDACT_IMAGE_NONE,
+            graphics=pymupdf.PDF_REDACT_LINE_ART_NONE,
+            text=pymupdf.PDF_REDACT_TEXT_REMOVE,
+        )
+
+
+def _batched(pages: Iterable[PdfPage], size: int) -> Iterable[list[PdfPage]]:
+    """Consecutive lists of ``size`` pages (the last may be shorter); Python 3.11 has no
+    ``itertools.batched``."""
+    iterator = iter(pages)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _write_chunk(pages: list[PdfPage], policy: TextPolicy) -> pymupdf.Document:
+    """Build ``pages`` in a new document, fonts subset, streams compressed."""
+    doc = pymupdf.open()
+    sources: dict[Path, pymupdf.Document] = {}
+    try:
+        for item in pages:
+            if item.source.kind == "pdf":
+                path = item.source.path
+                if path not in sources:
+                    sources[path] = _open_pdf(path)
+                _pdf_page(doc, sources[path], item, policy)
+            else:
+                _image_page(doc, item)
+    finally:
+        for src in sources.values():
+            src.close()
+    doc.subset_fonts()
+    used = {c for item in pages if item.ocr for line in item.ocr.lines for c in line.text}
+    _trim_font_tables(doc, used)
+    compact = pymupdf.open("pdf", doc.tobytes(garbage=4, deflate=True, use_objstms=1))
+    doc.close()
+    return compact
+
+
+def _trim_font_tables(doc: pymupdf.Document, used: set[str]) -> None:
+    """Shrink our font's ``/W`` widths and ``/ToUnicode`` map to the glyphs used.
+
+    ``subset_fonts`` empties unused glyphs but keeps both tables for the whole font
+    (about 6 KB compressed); text is encoded Identity-H with CID = glyph id (PDF 1.7,
+    9.7.4.2 and 9.10.3), so the used glyph ids are the font's glyph indexes.
+    """
+    glyphs: dict[int, str] = {}
+    for char in sorted(used):
+        gid = _FONT.has_glyph(ord(char))
+        if gid:
+            glyphs.setdefault(gid, char)
+    xrefs = {font[0] for page in doc for font in page.get_fonts() if font[4] == _FONT_NAME}
+    for xref in xrefs:
+        descendant = int(doc.xref_get_key(xref, "DescendantFonts")[1].strip("[]").split()[0])
+        widths = " ".join(
+            f"{gid} [{round(_FONT.glyph_advance(ord(char)) * 1000)}]"
+            for gid, char in sorted(glyphs.items())
+        )
+        doc.xref_set_key(descendant, "W", f"[{widths}]")
+        to_unicode = int(doc.xref_get_key(xref, "ToUnicode")[1].split()[0])
+        doc.update_stream(to_unicode, _to_unicode_cmap(glyphs))
+
+
+def _to_unicode_cmap(glyphs: dict[int, str]) -> bytes:
+    """A ToUnicode CMap (Adobe TN 5411) mapping 2-byte glyph ids to UTF-16BE text."""
+    entries = [
+        f"<{gid:04x}> <{char.encode('utf-16-be').hex()}>" for gid, char in sorted(glyphs.items())
+    ]
+    blocks = "".join(
+        f"{len(chunk)} beginbfchar\n" + "\n".join(chunk) + "\nendbfchar\n"
+        for chunk in (entries[i : i + 100] for i in range(0, len(entries), 100))
+    )
+    return (
+        "/CIDInit /ProcSet findresource begin\n12 dict begin\nbegincmap\n"
+        "/CIDSystemInfo <</Registry(Adobe)/Ordering(UCS)/Supplement 0>> def\n"
+        "/CMapName /Adobe-Identity-UCS def\n/CMapType 2 def\n"
+        "1 begincodespacerange\n<0000> <FFFF>\nendcodespacerange\n"
+        f"{blocks}endcmap\nCMapName currentdict /CMap defineresource pop\nend\nend\n"
+    ).encode("ascii")
+
+
+def assemble_pdf(
+    pages: Iterable[PdfPage],
+    dest: Path,
+    *,
+    title: str,
+    policy: TextPolicy = TextPolicy.skip,
+    chunk_pages: int = 25,
+) -> int:
+    """Write one searchable PDF from pages in order, atomically, in bounded memory.
+
+    Pages are built ``chunk_pages`` at a time in a fresh in-memory document, fonts
+    subset, then appended to the output with an incremental save, so memory depends
+    on the chunk size and not on the page count. The output goes to a temp file beside
+    ``dest``, is fsynced and renamed into place; on any error no file is left at
+    ``dest`` or beside it.
+
+    Args:
+        pages: Pages in document order; may be a generator.
+        dest: The output PDF path.
+        title: Document title (metadata).
+        policy: What was done with PDF pages that had text (for ``redo``, their old
+            invisible text is removed before the new layer is added).
+        chunk_pages: Pages built in memory at once.
+
+    Returns:
+        The number of pages written.
+
+    Raises:
+        PageSourceError: a page cannot be read (naming its file and page).
+        ValueError: ``pages`` is empty.
+    """
+    count = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal count
+        for chunk in _batched(pages, chunk_pages):
+            part = _write_chunk(chunk, policy)
+            if count == 0:
+                now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
+                part.set_metadata(
+                    {
+                        "title": title,
+                        "producer": f"scanhopper {__version__}",
+                        "creator": f"scanhopper {__version__}",
+                        "creationDate": now,
+                        "modDate": now,
+                    }
+                )
+                part.save(tmp, garbage=4, deflate=True, use_objstms=1)
+            else:
+                with pymupdf.open(tmp) as out:
+                    out.insert_pdf(part)
+                    out.save(tmp, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
+            count += len(chunk)
+            part.close()
+        if count == 0:
+            raise ValueError(f"{dest}: a document needs at least one page")
+
+    write_atomically(dest, write)
+    return count
