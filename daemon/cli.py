@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -15,9 +16,11 @@ import structlog
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .engine import OcrResult
+from .layout import reading_order
 from .logs import configure_logging
 from .models import ModelError, list_models
-from .workers import PageFailedError, WorkerStartError, open_worker_pool
+from .pdf import PageSource, PageSourceError, expand_pages, prepare_page
+from .workers import PageFailedError, WorkerPool, WorkerStartError, open_worker_pool
 
 __all__ = ["ExitCode", "main", "run"]
 
@@ -49,64 +52,58 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("models", help="list the OCR models and where they are")
-    ocr = commands.add_parser("ocr", help="OCR image files and print their text")
+    ocr = commands.add_parser("ocr", help="OCR images and PDFs and print their text")
     ocr.add_argument("files", nargs="+", type=Path, metavar="FILE")
     ocr.add_argument("--json", action="store_true", help="print full results as JSON")
     return parser
 
 
-def _page_refs(files: Sequence[Path]) -> list[tuple[Path, int]]:
-    """Expand files into ``(path, frame)`` page references (one per TIFF frame).
-
-    Raises:
-        FileNotFoundError: a file does not exist.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    refs = []
-    for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        try:
-            with Image.open(path) as im:
-                frames = getattr(im, "n_frames", 1)
-        except (UnidentifiedImageError, OSError):
-            frames = 1  # the worker reports what is wrong with it
-        refs.extend((path, frame) for frame in range(frames))
-    return refs
-
-
 async def _ocr_files(settings: Settings, files: Sequence[Path], as_json: bool) -> ExitCode:
-    refs = _page_refs(files)
-    outcomes: list[OcrResult | PageFailedError | None] = [None] * len(refs)
-
-    async def one(index: int, pool) -> None:
-        path, frame = refs[index]
+    """OCR every page of ``files`` through the worker pool and print the results."""
+    sources: list[PageSource] = []
+    unreadable: list[PageSourceError] = []
+    for path in files:
         try:
-            outcomes[index] = await pool.ocr(path, frame=frame)
-        except PageFailedError as exc:
+            sources.extend(expand_pages(path))
+        except PageSourceError as exc:
+            unreadable.append(exc)
+    outcomes: list[OcrResult | PageFailedError | PageSourceError | None] = [None] * len(sources)
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    async def one(index: int, pool: WorkerPool, work_dir: Path) -> None:
+        output = settings.output
+        try:
+            image, frame = await anyio.to_thread.run_sync(
+                lambda: prepare_page(
+                    sources[index], work_dir, dpi=output.render_dpi, max_pixels=output.max_pixels
+                )
+            )
+            outcomes[index] = await pool.ocr(image, frame=frame)
+        except (PageFailedError, PageSourceError) as exc:
             outcomes[index] = exc
 
-    async with open_worker_pool(settings) as pool, anyio.create_task_group() as tg:
-        for index in range(len(refs)):
-            tg.start_soon(one, index, pool)
+    with tempfile.TemporaryDirectory(dir=settings.cache_dir, prefix="ocr-") as work_dir:
+        async with open_worker_pool(settings) as pool, anyio.create_task_group() as tg:
+            for index in range(len(sources)):
+                tg.start_soon(one, index, pool, Path(work_dir))
 
-    failed = False
-    report = []
-    for (path, frame), outcome in zip(refs, outcomes, strict=True):
-        if isinstance(outcome, PageFailedError):
-            failed = True
-            print(f"scanhopper: {path} page {frame + 1}: {outcome.reason}", file=sys.stderr)
-            report.append({"file": str(path), "page": frame + 1, "error": outcome.reason})
-        elif outcome is not None:
-            report.append({"file": str(path), "page": frame + 1, **outcome.to_dict()})
+    report: list[dict] = []
+    for exc in unreadable:
+        print(f"scanhopper: {exc}", file=sys.stderr)
+        report.append({"file": str(exc.path), "page": None, "error": exc.reason})
+    for source, outcome in zip(sources, outcomes, strict=True):
+        where = {"file": str(source.path), "page": source.index + 1}
+        if isinstance(outcome, OcrResult):
+            report.append({**where, **outcome.to_dict()})
             if not as_json:
-                print(f"==> {path} page {frame + 1} <==")
-                for line in outcome.lines:
-                    print(line.text)
+                print(f"==> {source.path} page {source.index + 1} <==")
+                print("\n".join(outcome.lines[i].text for i in reading_order(outcome.lines)))
+        else:
+            print(f"scanhopper: {source.path} page {source.index + 1}: {outcome}", file=sys.stderr)
+            report.append({**where, "error": str(outcome)})
     if as_json:
         print(json.dumps(report, ensure_ascii=False, indent=1))
-    return ExitCode.input_file if failed else ExitCode.ok
+    return ExitCode.input_file if any("error" in page for page in report) else ExitCode.ok
 
 
 def _models(settings: Settings) -> ExitCode:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import tomllib
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,7 +15,10 @@ from .models import DEFAULT_DET_MODEL, DEFAULT_REC_MODEL
 __all__ = [
     "ConfigError",
     "OcrSettings",
+    "OutputSettings",
     "Settings",
+    "Sidecar",
+    "TextPolicy",
     "WorkerSettings",
     "load_settings",
 ]
@@ -45,6 +49,33 @@ Device = Annotated[str, AfterValidator(_check_device)]
 """A device slot name: ``cpu``, ``gpu:N``, ``npu:N`` or ``xpu:N`` (N is 0-based)."""
 
 
+class TextPolicy(StrEnum):
+    """What to do with a PDF page that already has text (OCRmyPDF's three modes)."""
+
+    skip = "skip"
+    """Keep the page as it is, no OCR (``--skip-text``)."""
+    redo = "redo"
+    """Remove the page's invisible text (an earlier OCR layer) and OCR it again; a page
+    with visible text is kept as it is (``--redo-ocr``)."""
+    force = "force"
+    """OCR every page and add the new layer on top of any text (``--force-ocr``, but
+    the page's own content is kept, not rasterised)."""
+
+
+class Sidecar(StrEnum):
+    """A sidecar file written beside the PDF, named by its suffix."""
+
+    txt = "txt"
+    """UTF-8 text, lines in reading order, pages separated by form feed (U+000C)."""
+    json = "json"
+    """Per page: ``width``/``height`` (pixels), ``dpi`` and ``lines`` (text, confidence,
+    polygon in pixels), in reading order; ``null`` for a page without OCR."""
+    hocr = "hocr"
+    """hOCR 1.2 (http://kba.github.io/hocr-spec/1.2/): XHTML, bboxes in pixels."""
+    alto = "alto.xml"
+    """ALTO v4 (https://www.loc.gov/standards/alto/v4/alto-4-4.xsd), pixel units."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -72,10 +103,34 @@ class OcrSettings(_Strict):
     """Local directory of the text line orientation model."""
     rec_batch_size: int = Field(8, ge=1, le=256)
     """Text lines recognised per batch."""
-    det_limit_side_len: int = Field(960, ge=32, le=8192)
-    """Longest image side, in pixels, given to text detection (larger is resized)."""
+    det_limit_side_len: int | None = Field(None, ge=32, le=8192)
+    """Side length, in pixels, to which text detection resizes the page (see
+    ``det_limit_type``); ``None`` keeps the model's default (PP-OCRv6: shortest side at
+    least 64, longest at most 4000, i.e. nearly full resolution). ``960`` with ``max``
+    is several times faster on large pages, at some cost on small print."""
+    det_limit_type: Literal["min", "max"] | None = None
+    """``max``: the longest side is scaled down to ``det_limit_side_len``; ``min``: the
+    shortest side is scaled up to it; ``None``: the model's default."""
     cpu_threads: int = Field(2, ge=1, le=256)
     """Threads each CPU worker may use for inference."""
+
+
+class OutputSettings(_Strict):
+    """How pages are read and the searchable PDF is written."""
+
+    image_dpi: float = Field(300.0, ge=1, le=100_000)
+    """DPI assumed for an image that does not state one (sets its page size)."""
+    render_dpi: float = Field(300.0, ge=50, le=1200)
+    """DPI at which PDF pages are rasterised for OCR."""
+    max_pixels: int = Field(50_000_000, ge=1_000_000)
+    """Most pixels a rasterised PDF page may have; a larger page is rendered at a lower
+    DPI so memory stays bounded (3 bytes per pixel)."""
+    text_policy: TextPolicy = TextPolicy.skip
+    """PDF pages that already have text: ``skip``, ``redo`` or ``force``."""
+    chunk_pages: int = Field(25, ge=1, le=1000)
+    """Pages assembled in memory at once; memory grows with this, not the page count."""
+    sidecars: list[Sidecar] = Field(default_factory=list)
+    """Sidecar files beside each PDF: any of ``txt``, ``json``, ``hocr``, ``alto.xml``."""
 
 
 class WorkerSettings(_Strict):
@@ -103,6 +158,8 @@ class Settings(_Strict):
     """The OCR engine."""
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     """The OCR worker processes."""
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    """Page reading and PDF writing."""
 
     @property
     def models_dir(self) -> Path:

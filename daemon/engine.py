@@ -32,9 +32,6 @@ __all__ = [
     "make_result",
 ]
 
-DEFAULT_DPI = 300.0
-"""DPI assumed for an image file that does not state one."""
-
 Point = tuple[float, float]
 """A point in source-image pixels: ``(x, y)``, origin top-left, y downwards."""
 
@@ -83,7 +80,8 @@ class OcrResult:
     height: int
     """Image height in pixels (after EXIF orientation)."""
     dpi: float
-    """Resolution of the image in dots per inch (``DEFAULT_DPI`` when not stated)."""
+    """Resolution of the image in dots per inch (the configured default when the file
+    states none)."""
     lines: tuple[TextLine, ...]
     """Text lines in the engine's reading order (top to bottom)."""
 
@@ -123,15 +121,16 @@ class OcrEngine(Protocol):
         ...
 
 
-def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
+def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -> PageImage:
     """Decode one page image file, EXIF orientation applied.
 
     Args:
         path: JPEG, PNG, TIFF, BMP, WebP or any format Pillow reads.
         frame: Frame of a multi-page TIFF, 0-based.
+        default_dpi: DPI to assume when the file states none.
 
     Returns:
-        The page, in BGR pixels, with the file's DPI or ``DEFAULT_DPI``.
+        The page, in BGR pixels, with the file's DPI or ``default_dpi``.
 
     Raises:
         ImageError: the file is missing, not an image, truncated, has no such frame,
@@ -140,7 +139,7 @@ def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
     try:
         with Image.open(path) as im:
             im.seek(frame)
-            dpi = image_dpi(im)
+            dpi = image_dpi(im, default_dpi)
             upright = ImageOps.exif_transpose(im)
             rgb = np.asarray(upright.convert("RGB"))
     except EOFError as exc:
@@ -150,20 +149,21 @@ def load_page_image(path: Path, *, frame: int = 0) -> PageImage:
     return PageImage(np.ascontiguousarray(rgb[:, :, ::-1]), dpi, path)
 
 
-def image_dpi(im: Image.Image) -> float:
-    """The horizontal DPI an image file states, or ``DEFAULT_DPI``."""
+def image_dpi(im: Image.Image, default: float) -> float:
+    """The horizontal DPI an image file states, or ``default``."""
     dpi = im.info.get("dpi")
     try:
         value = float(dpi[0]) if dpi else 0.0
     except (TypeError, ValueError):
         value = 0.0
-    return value if 1.0 <= value <= 100_000.0 else DEFAULT_DPI
+    return value if 1.0 <= value <= 100_000.0 else default
 
 
 def make_result(image: PageImage, lines: list[TextLine]) -> OcrResult:
     """Check an engine's lines and bind them to the image size.
 
-    Polygon corners are clamped to the image; a line with an empty text is dropped.
+    Polygon corners are clamped to the image; text is stripped of leading and trailing
+    spaces, and a line left empty is dropped.
 
     Raises:
         EngineOutputError: a corner or confidence is NaN or infinite.
@@ -174,13 +174,14 @@ def make_result(image: PageImage, lines: list[TextLine]) -> OcrResult:
         values = [c for p in line.polygon for c in p] + [line.confidence]
         if len(line.polygon) != 4 or not all(math.isfinite(v) for v in values):
             raise EngineOutputError(f"engine returned a bad polygon or score: {line!r}")
-        if not line.text.strip():
+        text = line.text.strip()
+        if not text:
             continue
         polygon = tuple(
             (min(max(x, 0.0), float(width)), min(max(y, 0.0), float(height)))
             for x, y in line.polygon
         )
-        kept.append(TextLine(line.text, line.confidence, polygon))  # type: ignore[arg-type]
+        kept.append(TextLine(text, line.confidence, polygon))  # type: ignore[arg-type]
     return OcrResult(width, height, image.dpi, tuple(kept))
 
 
@@ -215,7 +216,7 @@ class PaddleEngine:
             "text_recognition_model_dir": _model_dir(settings, "rec"),
             "text_recognition_batch_size": ocr.rec_batch_size,
             "text_det_limit_side_len": ocr.det_limit_side_len,
-            "text_det_limit_type": "max",
+            "text_det_limit_type": ocr.det_limit_type,
             "engine": ocr.engine,
             "device": device,
         }

@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Literal
@@ -21,7 +20,9 @@ import pymupdf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import __version__
-from .engine import OcrResult, TextLine, image_dpi
+from .config import TextPolicy
+from .engine import OcrResult, TextLine
+from .engine import image_dpi as file_dpi
 from .files import write_atomically
 from .layout import reading_order
 
@@ -30,10 +31,10 @@ __all__ = [
     "PageSource",
     "PageSourceError",
     "PdfPage",
-    "TextPolicy",
     "assemble_pdf",
     "expand_pages",
     "needs_ocr",
+    "prepare_page",
     "render_page",
 ]
 
@@ -48,19 +49,6 @@ _FONT = pymupdf.Font("cjk")
 # insert_image applies to show the stored pixels upright. Mirrored orientations (2, 4,
 # 5, 7) have no rotation equivalent and are re-encoded upright instead.
 _EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
-
-
-class TextPolicy(StrEnum):
-    """What to do with a PDF page that already has text (OCRmyPDF's three modes)."""
-
-    skip = "skip"
-    """Keep the page as it is, no OCR (``--skip-text``)."""
-    redo = "redo"
-    """Remove the page's invisible text (an earlier OCR layer) and OCR it again; a page
-    with visible text is kept as it is (``--redo-ocr``)."""
-    force = "force"
-    """OCR every page and add the new layer on top of any text (``--force-ocr``, but
-    the page's own content is kept, not rasterised)."""
 
 
 class PageSourceError(Exception):
@@ -197,6 +185,27 @@ def render_page(source: PageSource, dest: Path, *, dpi: float, max_pixels: int) 
         return float(max(int(used), 1))
 
 
+def prepare_page(
+    source: PageSource, work_dir: Path, *, dpi: float, max_pixels: int
+) -> tuple[Path, int]:
+    """Make the image file a worker OCRs for one page.
+
+    Image pages are read by the worker from their own file (frame included); PDF
+    pages are rasterised into ``work_dir`` (see :func:`render_page`).
+
+    Returns:
+        ``(image path, frame index)`` for :meth:`daemon.workers.WorkerPool.ocr`.
+
+    Raises:
+        PageSourceError: a PDF page cannot be rendered.
+    """
+    if source.kind == "image":
+        return source.path, source.index
+    dest = work_dir / f"{source.path.stem}-p{source.index + 1:05d}.png"
+    render_page(source, dest, dpi=dpi, max_pixels=max_pixels)
+    return dest, 0
+
+
 def _fit_line(
     line: TextLine, to_page: pymupdf.Matrix
 ) -> tuple[pymupdf.Point, float, pymupdf.Matrix]:
@@ -245,7 +254,7 @@ def _add_text_layer(page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix)
     shape.commit(overlay=True)
 
 
-def _image_page(doc: pymupdf.Document, item: PdfPage) -> None:
+def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> None:
     """Add an image page: its size from pixels and DPI, the scan's bytes kept."""
     source, ocr = item.source, item.ocr
     try:
@@ -257,7 +266,7 @@ def _image_page(doc: pymupdf.Document, item: PdfPage) -> None:
             width, height = im.size[::-1] if orientation in (6, 8) else im.size
             if not keep_jpeg:
                 stream = _lossless(upright)
-            dpi = _dpi(im, ocr)
+            dpi = ocr.dpi if ocr is not None else file_dpi(im, default_dpi)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError) as exc:
         raise PageSourceError(source.path, source.index, f"not a readable image ({exc})") from exc
     if keep_jpeg:
@@ -271,11 +280,6 @@ def _image_page(doc: pymupdf.Document, item: PdfPage) -> None:
     )
     if ocr is not None:
         _add_text_layer(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
-
-
-def _dpi(im: Image.Image, ocr: OcrResult | None) -> float:
-    """The page's DPI: the one the OCR saw, else the file's, else 300."""
-    return ocr.dpi if ocr is not None else image_dpi(im)
 
 
 def _lossless(im: Image.Image) -> bytes:
@@ -330,7 +334,7 @@ def _batched(pages: Iterable[PdfPage], size: int) -> Iterable[list[PdfPage]]:
         yield chunk
 
 
-def _write_chunk(pages: list[PdfPage], policy: TextPolicy) -> pymupdf.Document:
+def _write_chunk(pages: list[PdfPage], policy: TextPolicy, default_dpi: float) -> pymupdf.Document:
     """Build ``pages`` in a new document, fonts subset, streams compressed."""
     doc = pymupdf.open()
     sources: dict[Path, pymupdf.Document] = {}
@@ -342,7 +346,7 @@ def _write_chunk(pages: list[PdfPage], policy: TextPolicy) -> pymupdf.Document:
                     sources[path] = _open_pdf(path)
                 _pdf_page(doc, sources[path], item, policy)
             else:
-                _image_page(doc, item)
+                _image_page(doc, item, default_dpi)
     finally:
         for src in sources.values():
             src.close()
@@ -403,6 +407,7 @@ def assemble_pdf(
     title: str,
     policy: TextPolicy = TextPolicy.skip,
     chunk_pages: int = 25,
+    image_dpi: float = 300.0,
 ) -> int:
     """Write one searchable PDF from pages in order, atomically, in bounded memory.
 
@@ -419,6 +424,7 @@ def assemble_pdf(
         policy: What was done with PDF pages that had text (for ``redo``, their old
             invisible text is removed before the new layer is added).
         chunk_pages: Pages built in memory at once.
+        image_dpi: DPI of an image page without OCR whose file states none.
 
     Returns:
         The number of pages written.
@@ -432,7 +438,7 @@ def assemble_pdf(
     def write(tmp: Path) -> None:
         nonlocal count
         for chunk in _batched(pages, chunk_pages):
-            part = _write_chunk(chunk, policy)
+            part = _write_chunk(chunk, policy, image_dpi)
             if count == 0:
                 now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
                 part.set_metadata(

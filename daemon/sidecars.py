@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from . import __version__
+from .config import Sidecar
 from .engine import OcrResult, TextLine
 from .files import write_atomically
 from .layout import reading_order
 
-__all__ = ["Sidecar", "render_sidecar", "write_sidecars"]
-
-
-class Sidecar(StrEnum):
-    """A sidecar format, named by its file suffix."""
-
-    txt = "txt"
-    """UTF-8 text, lines in reading order, pages separated by form feed (U+000C)."""
-    json = "json"
-    """Per page: ``width``/``height`` (pixels), ``dpi`` and ``lines`` (text, confidence,
-    polygon in pixels), in reading order; ``null`` for a page without OCR."""
-    hocr = "hocr"
-    """hOCR 1.2 (http://kba.github.io/hocr-spec/1.2/): XHTML, bboxes in pixels."""
-    alto = "alto.xml"
-    """ALTO v4 (https://www.loc.gov/standards/alto/v4/alto-4-4.xsd), pixel units."""
+__all__ = ["render_sidecar", "write_sidecars"]
 
 
 Pages = Sequence[OcrResult | None]

@@ -444,7 +444,11 @@ def _worker_main(device: str, settings_json: str) -> int:
         request = json.loads(line)
         started = time.perf_counter()
         try:
-            image = load_page_image(Path(request["path"]), frame=request["frame"])
+            image = load_page_image(
+                Path(request["path"]),
+                frame=request["frame"],
+                default_dpi=settings.output.image_dpi,
+            )
             result = make_result(image, engine.recognize(image))
         except Exception as exc:  # reported per page; the worker goes on
             send({"type": "error", "id": request["id"], "error": f"{type(exc).__name__}: {exc}"})

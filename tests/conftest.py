@@ -56,3 +56,49 @@ def fake_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
             },
         }
     )
+
+
+OCR_PAGES = {
+    "images/ch_en_num.jpg": 1,
+    "images/img_exif_orientation.jpg": 1,
+    "pdf/cardinal.pdf": 4,
+    "pdf/multipage.pdf": 6,
+    "pdf/ccitt.pdf": 1,
+    "pdf/jbig2.pdf": 1,
+}
+"""Corpus pages the PDF tests need OCR'd (file: page count)."""
+
+
+@pytest.fixture(scope="session")
+def corpus_ocr(corpus, shared_state, tmp_path_factory):
+    """OCR of ``OCR_PAGES`` with the real engine, computed once per session.
+
+    Returns a function ``(relative path, page index) -> OcrResult``.
+    """
+    import anyio
+
+    from daemon.pdf import expand_pages, prepare_page
+    from daemon.workers import open_worker_pool
+
+    work = tmp_path_factory.mktemp("renders")
+    settings = Settings.model_validate(
+        {
+            "state_dir": str(shared_state),
+            "ocr": {"cpu_threads": 1},
+            "workers": {"devices": ["cpu", "cpu"]},
+        }
+    )
+    results = {}
+
+    async def run():
+        async with open_worker_pool(settings) as pool, anyio.create_task_group() as tg:
+            for name in OCR_PAGES:
+                for source in expand_pages(corpus / name):
+                    tg.start_soon(one, pool, name, source)
+
+    async def one(pool, name, source):
+        image, frame = prepare_page(source, work, dpi=300, max_pixels=50_000_000)
+        results[name, source.index] = await pool.ocr(image, frame=frame)
+
+    anyio.run(run)
+    return lambda name, index=0: results[name, index]

@@ -1,0 +1,378 @@
+"""The searchable PDF: round trips on the corpus, kept image bytes, order, bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pymupdf
+import pytest
+from PIL import Image, ImageOps
+
+from daemon.config import TextPolicy
+from daemon.engine import OcrResult, TextLine
+from daemon.layout import reading_order
+from daemon.pdf import (
+    EncryptedPdfError,
+    PageSource,
+    PageSourceError,
+    PdfPage,
+    assemble_pdf,
+    expand_pages,
+    needs_ocr,
+)
+
+PER_PAGE_OVERHEAD = 16 * 1024
+"""Bytes a page may add to its source image (text layer, font share, objects)."""
+
+
+KOREAN = OcrResult(
+    1618,
+    208,
+    144.0,
+    (
+        TextLine(
+            "베이징 차오양, 디지털 기술로 농업 새로운 발전 이끌어",
+            0.98,
+            ((118.0, 66.0), (1420.0, 66.0), (1420.0, 142.0), (118.0, 142.0)),
+        ),
+    ),
+)
+"""korean.jpg as a Korean recognition model reads it. The shipped PP-OCRv6 small model
+has no Hangul in its dictionary; its detector finds this very box."""
+
+
+@pytest.fixture
+def ocr_of(corpus_ocr):
+    """``(corpus name, page index) -> OcrResult``, the real engine's except for Korean."""
+    return lambda name, index=0: KOREAN if name == "images/korean.jpg" else corpus_ocr(name, index)
+
+
+def _build(corpus, ocr_of, name: str, dest: Path, **kwargs) -> tuple[Path, list[PdfPage]]:
+    """Assemble a corpus document the way the daemon does: OCR where the default text
+    policy asks for it, the page kept as it is elsewhere."""
+    pages = [
+        PdfPage(src, ocr_of(name, src.index) if needs_ocr(src, TextPolicy.skip) else None)
+        for src in expand_pages(corpus / name)
+    ]
+    assemble_pdf(pages, dest, title=dest.stem, **kwargs)
+    return dest, pages
+
+
+def _chars(page: pymupdf.Page) -> list[tuple[str, pymupdf.Rect, tuple[float, float]]]:
+    """Every extracted character with its box and its line's direction."""
+    out = []
+    for block in page.get_text("rawdict")["blocks"]:
+        for line in block.get("lines", []):
+            for span in line["spans"]:
+                for char in span["chars"]:
+                    out.append((char["c"], pymupdf.Rect(char["bbox"]), line["dir"]))
+    return out
+
+
+def _to_page(page: pymupdf.Page, ocr: OcrResult) -> pymupdf.Matrix:
+    """OCR pixels -> PyMuPDF's unrotated page space (where extraction reports boxes)."""
+    zoom = 72.0 / ocr.dpi
+    return pymupdf.Matrix(zoom, zoom) * page.derotation_matrix
+
+
+def _check_round_trip(pdf: Path, pages: list[PdfPage]) -> int:
+    """Assert every OCR line is extracted with its text, in place. Returns lines checked."""
+    checked = 0
+    with pymupdf.open(pdf) as doc:
+        assert doc.page_count == len(pages)
+        for page, item in zip(doc, pages, strict=True):
+            if item.ocr is None:
+                continue
+            chars = _chars(page)
+            matrix = _to_page(page, item.ocr)
+            for line in item.ocr.lines:
+                _check_line(chars, line, matrix)
+                checked += 1
+    return checked
+
+
+def _check_line(chars, line: TextLine, matrix: pymupdf.Matrix) -> None:
+    corners = [pymupdf.Point(x, y) * matrix for x, y in line.polygon]
+    box = pymupdf.Rect(
+        min(p.x for p in corners),
+        min(p.y for p in corners),
+        max(p.x for p in corners),
+        max(p.y for p in corners),
+    )
+    near = [c for c in chars if (c[1].tl + c[1].br) / 2 in box + (-2, -2, 2, 2) and c[0] != " "]
+    want = line.text.replace(" ", "")
+    text = "".join(c[0] for c in near)
+    starts = [i for i in range(len(text)) if text.startswith(want, i)]
+    assert starts, f"{line.text!r} not extracted near {box}"
+
+    def union(start: int) -> pymupdf.Rect:
+        rect = pymupdf.Rect(near[start][1])
+        for c in near[start : start + len(want)]:
+            rect |= c[1]
+        return rect
+
+    def deviation(start: int) -> float:
+        return max(abs(a - b) for a, b in zip(union(start), box, strict=True))
+
+    best = min(starts, key=deviation)
+    matched = near[best : best + len(want)]
+    top = corners[1] - corners[0]
+    angle = math.degrees(math.atan2(top.y, top.x))
+    if min(abs(angle), abs(abs(angle) - 90), abs(abs(angle) - 180)) < 1.0:
+        assert deviation(best) <= 2.0, f"{line.text!r}: {union(best)} vs polygon {box}"
+    direction = matched[0][2]
+    extracted = math.degrees(math.atan2(direction[1], direction[0]))
+    assert abs((extracted - angle + 180) % 360 - 180) < 3.0, f"{line.text!r} direction"
+
+
+CORPUS_DOCUMENTS = [
+    "images/ch_en_num.jpg",
+    "images/korean.jpg",
+    "images/img_exif_orientation.jpg",
+    "pdf/cardinal.pdf",
+    "pdf/multipage.pdf",
+    "pdf/ccitt.pdf",
+    "pdf/jbig2.pdf",
+]
+
+
+@pytest.mark.parametrize("name", CORPUS_DOCUMENTS)
+def test_every_ocr_line_is_extracted_in_place(corpus, ocr_of, tmp_path, name):
+    pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+    assert _check_round_trip(pdf, pages) == sum(len(p.ocr.lines) for p in pages if p.ocr) > 0
+
+
+@pytest.mark.parametrize("name", CORPUS_DOCUMENTS)
+def test_output_adds_at_most_16_kb_per_page_to_the_source(corpus, ocr_of, tmp_path, name):
+    pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+    assert pdf.stat().st_size <= (corpus / name).stat().st_size + PER_PAGE_OVERHEAD * len(pages)
+
+
+def test_cjk_text_extracts_as_the_same_characters(corpus, ocr_of, tmp_path):
+    for name in ("images/ch_en_num.jpg", "images/korean.jpg"):
+        pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+        with pymupdf.open(pdf) as doc:
+            text = "".join(doc[0].get_text().split())
+        assert pages[0].ocr.lines
+        for line in pages[0].ocr.lines:
+            assert "".join(line.text.split()) in text
+        assert "正品促销" in text or "디지털기술로" in text
+
+
+def test_the_text_layer_is_invisible_in_one_stream_with_an_embedded_cjk_font(
+    corpus, ocr_of, tmp_path
+):
+    pdf, _ = _build(corpus, ocr_of, "images/ch_en_num.jpg", tmp_path / "out.pdf")
+    with pymupdf.open(pdf) as doc:
+        page = doc[0]
+        streams = [doc.xref_stream(x) for x in page.get_contents()]
+        assert sum(b"BT" in s for s in streams) == 1
+        assert b"3 Tr" in b"".join(streams)
+        assert {span["type"] for span in page.get_texttrace()} == {3}
+        (font,) = page.get_fonts()
+        xref, ext, kind, basefont = font[:4]
+        assert (ext, kind) == ("ttf", "Type0") and "+" in basefont  # embedded subset
+        assert doc.xref_get_key(xref, "ToUnicode")[0] == "xref"
+
+
+def test_a_rotated_pdf_page_gets_its_text_layer_along_the_rotation(corpus, ocr_of, tmp_path):
+    with pymupdf.open(corpus / "pdf/cardinal.pdf") as src:
+        src.select([0])
+        src[0].set_rotation(90)
+        src.save(tmp_path / "rotated.pdf")
+    upright = ocr_of("pdf/cardinal.pdf", 0)
+    # The same page shown turned 90 degrees clockwise: pixel (x, y) -> (H - y, x).
+    turned = tuple(
+        TextLine(
+            line.text, line.confidence, tuple((upright.height - y, x) for x, y in line.polygon)
+        )
+        for line in upright.lines
+    )
+    ocr = OcrResult(upright.height, upright.width, upright.dpi, turned)
+    pages = [PdfPage(PageSource(tmp_path / "rotated.pdf", "pdf", 0), ocr)]
+    assemble_pdf(pages, tmp_path / "out.pdf", title="rotated")
+    assert _check_round_trip(tmp_path / "out.pdf", pages) == len(turned)
+    with pymupdf.open(tmp_path / "out.pdf") as doc:
+        assert doc[0].rotation == 90
+        assert doc[0].get_text().startswith("The LinnSequencer")
+
+
+def test_a_jpeg_page_keeps_the_source_jpeg_bytes(corpus, ocr_of, tmp_path):
+    for name in ("images/ch_en_num.jpg", "images/img_exif_orientation.jpg"):
+        pdf, _ = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+        with pymupdf.open(pdf) as doc:
+            (image,) = doc[0].get_images()
+            assert doc.xref_stream_raw(image[0]) == (corpus / name).read_bytes()
+
+
+def test_the_exif_orientation_is_applied_so_the_page_is_upright(corpus, ocr_of, tmp_path):
+    name = "images/img_exif_orientation.jpg"
+    pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+    with Image.open(corpus / name) as im:
+        assert im.getexif().get(274) not in (None, 1)
+        upright = ImageOps.exif_transpose(im).convert("L").resize((64, 64))
+        stored = im.convert("L").resize((64, 64))
+    with pymupdf.open(pdf) as doc:
+        page = doc[0]
+        assert (page.rect.width, page.rect.height) == pytest.approx(
+            (
+                pages[0].ocr.width * 72 / pages[0].ocr.dpi,
+                pages[0].ocr.height * 72 / pages[0].ocr.dpi,
+            )
+        )
+        pix = page.get_pixmap(dpi=72, colorspace=pymupdf.csGRAY)
+    shown = Image.frombytes("L", (pix.width, pix.height), pix.samples).resize((64, 64))
+
+    def distance(a, b):
+        return sum(abs(x - y) for x, y in zip(a.getdata(), b.getdata(), strict=True))
+
+    assert distance(shown, upright) < distance(shown, stored) / 3
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"), [("pdf/ccitt.pdf", "CCITTFaxDecode"), ("pdf/jbig2.pdf", "JBIG2Decode")]
+)
+def test_a_bilevel_scan_keeps_its_original_image_stream(corpus, ocr_of, tmp_path, name, codec):
+    pdf, _ = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+    with pymupdf.open(corpus / name) as src, pymupdf.open(pdf) as out:
+        (before,) = src[0].get_images()
+        (after,) = out[0].get_images()
+        assert out.xref_get_key(after[0], "Filter")[1].endswith(codec)
+        assert out.xref_stream_raw(after[0]) == src.xref_stream_raw(before[0])
+
+
+def test_multipage_document_keeps_its_six_pages_in_order(corpus, ocr_of, tmp_path):
+    pdf, pages = _build(corpus, ocr_of, "pdf/multipage.pdf", tmp_path / "out.pdf", chunk_pages=4)
+    with pymupdf.open(pdf) as doc, pymupdf.open(corpus / "pdf/multipage.pdf") as src_doc:
+        assert doc.page_count == 6
+        for page, item, source in zip(doc, pages, src_doc, strict=True):
+            if item.ocr is None:  # a page with its own text, kept as it is
+                assert page.get_text() == source.get_text()
+                continue
+            first = item.ocr.lines[reading_order(item.ocr.lines)[0]].text
+            assert page.get_text().startswith(first)
+
+
+def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, tmp_path):
+    sources = expand_pages(corpus / "pdf/tagged.pdf")
+    assert [needs_ocr(s, TextPolicy.skip) for s in sources] == [False, False]
+    assert all(needs_ocr(s, TextPolicy.force) for s in sources)
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="tagged")
+    with pymupdf.open(corpus / "pdf/tagged.pdf") as src, pymupdf.open(tmp_path / "out.pdf") as out:
+        assert [p.get_text() for p in out] == [p.get_text() for p in src]
+
+
+def test_redo_replaces_an_earlier_ocr_layer_instead_of_adding_a_second(corpus, ocr_of, tmp_path):
+    first, pages = _build(corpus, ocr_of, "pdf/ccitt.pdf", tmp_path / "first.pdf")
+    (source,) = expand_pages(first)
+    assert needs_ocr(source, TextPolicy.skip) is False
+    assert needs_ocr(source, TextPolicy.redo) is True
+    assemble_pdf(
+        [PdfPage(source, pages[0].ocr)],
+        tmp_path / "again.pdf",
+        title="again",
+        policy=TextPolicy.redo,
+    )
+    with pymupdf.open(first) as a, pymupdf.open(tmp_path / "again.pdf") as b:
+        assert b[0].get_text() == a[0].get_text()
+        assert len(b[0].get_images()) == 1
+
+
+def test_metadata_names_title_producer_and_date(corpus, ocr_of, tmp_path):
+    pdf, _ = _build(corpus, ocr_of, "images/korean.jpg", tmp_path / "Letters 1921.pdf")
+    with pymupdf.open(pdf) as doc:
+        meta = doc.metadata
+    assert meta["title"] == "Letters 1921"
+    assert meta["producer"].startswith("scanhopper ")
+    assert meta["creationDate"].startswith("D:20")
+
+
+def _page_order(text: str, lines: list[str]) -> list[int]:
+    return [text.find(line) for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("name", "index", "band"),
+    [
+        ("pdf/multipage.pdf", 4, (0.0, 1.0)),
+        ("pdf/multipage.pdf", 5, (0.0, 1.0)),
+        ("pdf/ccitt.pdf", 0, (0.39, 0.65)),
+    ],
+)
+def test_columns_are_read_left_column_first(corpus, ocr_of, tmp_path, name, index, band):
+    pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
+    ocr = pages[index].ocr
+    middle = ocr.width / 2
+
+    def side(line: TextLine) -> str | None:
+        xs = [p[0] for p in line.polygon]
+        ys = [p[1] for p in line.polygon]
+        if not band[0] * ocr.height <= (min(ys) + max(ys)) / 2 <= band[1] * ocr.height:
+            return None
+        return "left" if max(xs) < middle else "right" if min(xs) > middle else None
+
+    with pymupdf.open(pdf) as doc:
+        text = doc[index].get_text()
+    left = [line.text for line in ocr.lines if side(line) == "left" and len(line.text) > 8]
+    right = [line.text for line in ocr.lines if side(line) == "right" and len(line.text) > 8]
+    assert len(left) > 5 and len(right) > 5
+    left_at, right_at = _page_order(text, left), _page_order(text, right)
+    assert -1 not in left_at + right_at
+    assert max(left_at) < min(right_at)
+    assert left_at == sorted(left_at) and right_at == sorted(right_at)
+
+
+def test_a_corrupt_image_names_file_and_page_and_leaves_no_output(tmp_path):
+    bad = tmp_path / "scan.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)
+    good = Image.new("RGB", (100, 100), "white")
+    good.save(tmp_path / "good.png")
+    pages = [
+        PdfPage(PageSource(tmp_path / "good.png", "image"), None),
+        PdfPage(PageSource(bad, "image"), None),
+    ]
+    with pytest.raises(PageSourceError, match=r"scan\.jpg page 1: not a readable image"):
+        assemble_pdf(pages, tmp_path / "out.pdf", title="x", chunk_pages=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.png", "scan.jpg"]
+
+
+def test_an_encrypted_pdf_is_refused_by_name(tmp_path):
+    doc = pymupdf.open()
+    doc.new_page()
+    doc.save(
+        tmp_path / "secret.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o"
+    )
+    with pytest.raises(EncryptedPdfError, match=r"secret\.pdf: the PDF is encrypted"):
+        expand_pages(tmp_path / "secret.pdf")
+
+
+def test_a_broken_pdf_is_refused_by_name(corpus):
+    with pytest.raises(PageSourceError, match=r"invalid\.pdf: not a readable PDF"):
+        expand_pages(corpus / "bad/invalid.pdf")
+
+
+def test_a_pdf_page_that_vanished_names_the_page_and_leaves_no_output(corpus, tmp_path):
+    pages = [PdfPage(PageSource(corpus / "pdf/ccitt.pdf", "pdf", 3), None)]
+    with pytest.raises(PageSourceError, match=r"ccitt\.pdf page 4: cannot load page"):
+        assemble_pdf(pages, tmp_path / "out.pdf", title="x")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".docx", ".txt", ""])
+def test_unsupported_files_are_refused_by_type(tmp_path, suffix):
+    path = tmp_path / f"notes{suffix}"
+    path.write_text("hello")
+    with pytest.raises(PageSourceError, match="unsupported file type"):
+        expand_pages(path)
+
+
+def test_a_multipage_tiff_is_one_page_per_frame(tmp_path):
+    frames = [Image.new("L", (50, 60), shade) for shade in (0, 128, 255)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:], dpi=(150, 150))
+    sources = expand_pages(tmp_path / "stack.tif")
+    assert [s.index for s in sources] == [0, 1, 2]
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="t")
+    with pymupdf.open(tmp_path / "out.pdf") as doc:
+        assert doc.page_count == 3
+        assert doc[1].rect.width == pytest.approx(50 * 72 / 150)
