@@ -64,8 +64,11 @@ def main() -> None:
 
     def settings(devices: list[str], threads: int) -> Settings:
         return Settings.model_validate(
-            {"state_dir": str(state), "ocr": {"cpu_threads": threads},
-             "workers": {"devices": devices}}
+            {
+                "state_dir": str(state),
+                "ocr": {"cpu_threads": threads},
+                "workers": {"devices": devices},
+            }
         )
 
     bare = bare_loop(settings(["cpu"], 2), pages)

@@ -100,7 +100,11 @@ def _check_line(chars, line: TextLine, matrix: pymupdf.Matrix) -> None:
         max(p.x for p in corners),
         max(p.y for p in corners),
     )
-    near = [c for c in chars if (c[1].tl + c[1].br) / 2 in box + (-2, -2, 2, 2) and c[0] != " "]
+    near = [
+        c
+        for c in chars
+        if (c[1].tl + c[1].br) / 2 in box + pymupdf.Rect(-2, -2, 2, 2) and c[0] != " "
+    ]
     want = line.text.replace(" ", "")
     text = "".join(c[0] for c in near)
     starts = [i for i in range(len(text)) if text.startswith(want, i)]
@@ -225,7 +229,7 @@ def test_the_exif_orientation_is_applied_so_the_page_is_upright(corpus, ocr_of, 
     shown = Image.frombytes("L", (pix.width, pix.height), pix.samples).resize((64, 64))
 
     def distance(a, b):
-        return sum(abs(x - y) for x, y in zip(a.getdata(), b.getdata(), strict=True))
+        return sum(abs(x - y) for x, y in zip(a.tobytes(), b.tobytes(), strict=True))
 
     assert distance(shown, upright) < distance(shown, stored) / 3
 

@@ -1,0 +1,117 @@
+"""Benchmark: assembling a long searchable PDF in bounded memory.
+
+OCRs a few corpus pages once (real engine), then, each in a fresh process, assembles a
+synthetic document of 50 and of 500 pages (the corpus pages repeated) and prints the
+time and the peak RSS of each, and their ratio. Targets: peak RSS under 400 MB for 500
+pages, and no more than 20% above the 50-page figure.
+
+Usage: ``python bench/pdf.py [--pages 50 500]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+SOURCES = ["pdf/multipage.pdf", "images/ch_en_num.jpg", "pdf/ccitt.pdf", "images/baiona.png"]
+
+
+def ocr_corpus(cache: Path, state: Path) -> None:
+    """OCR every page of ``SOURCES`` once and store the results as JSON."""
+    import anyio
+
+    from daemon.config import Settings
+    from daemon.pdf import expand_pages, prepare_page
+    from daemon.workers import open_worker_pool
+
+    settings = Settings.model_validate(
+        {"state_dir": str(state), "ocr": {"cpu_threads": 1}, "workers": {"devices": ["cpu", "cpu"]}}
+    )
+    results: dict[str, dict] = {}
+
+    async def one(pool, source) -> None:
+        image, frame = prepare_page(source, state, dpi=300, max_pixels=50_000_000)
+        result = await pool.ocr(image, frame=frame)
+        results[f"{source.path}|{source.kind}|{source.index}"] = result.to_dict()
+
+    async def run() -> None:
+        async with open_worker_pool(settings) as pool, anyio.create_task_group() as tg:
+            for name in SOURCES:
+                for source in expand_pages(CORPUS / name):
+                    tg.start_soon(one, pool, source)
+
+    anyio.run(run)
+    cache.write_text(json.dumps(results))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (``VmHWM``; unlike ``ru_maxrss`` it
+    is not inherited from the parent across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def assemble(cache: Path, pages: int, dest: Path) -> None:
+    """Child process: assemble ``pages`` pages and print seconds and peak RSS (MB)."""
+    from daemon.engine import OcrResult
+    from daemon.pdf import PageSource, PdfPage, assemble_pdf
+
+    results = json.loads(cache.read_text())
+    base = [
+        PdfPage(PageSource(Path(p), kind, int(i)), OcrResult.from_dict(r))
+        for (p, kind, i), r in ((k.split("|"), v) for k, v in sorted(results.items()))
+    ]
+    stream = (base[n % len(base)] for n in range(pages))  # a generator: nothing held
+    started = time.perf_counter()
+    assemble_pdf(stream, dest, title="bench")
+    seconds = time.perf_counter() - started
+    peak = peak_rss_mb()
+    print(
+        json.dumps(
+            {"pages": pages, "seconds": seconds, "peak_mb": peak, "bytes": dest.stat().st_size}
+        )
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        assemble(Path(args.child[0]), int(args.child[1]), Path(args.child[2]))
+        return
+    work = Path(tempfile.mkdtemp(prefix="scanhopper-bench-pdf-"))
+    cache = work / "ocr.json"
+    ocr_corpus(cache, work)
+    figures = []
+    for pages in args.pages:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(cache), str(pages), str(work / "out.pdf")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        figures.append(json.loads(out.stdout.splitlines()[-1]))
+    for f in figures:
+        print(
+            f"{f['pages']:5d} pages: {f['seconds']:7.2f} s  {f['pages'] / f['seconds']:6.1f} "
+            f"pages/s  peak RSS {f['peak_mb']:6.1f} MB  output {f['bytes'] / 1e6:7.1f} MB"
+        )
+    if len(figures) > 1:
+        print(
+            f"peak RSS ratio {figures[-1]['pages']}/{figures[0]['pages']} pages: "
+            f"{figures[-1]['peak_mb'] / figures[0]['peak_mb']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
