@@ -65,7 +65,7 @@ def main() -> None:
     def settings(devices: list[str], threads: int) -> Settings:
         return Settings.model_validate(
             {
-                "state_dir": str(state),
+                "folders": {"state": str(state)},
                 "ocr": {"cpu_threads": threads},
                 "workers": {"devices": devices},
             }

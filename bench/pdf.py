@@ -31,7 +31,11 @@ def ocr_corpus(cache: Path, state: Path) -> None:
     from daemon.workers import open_worker_pool
 
     settings = Settings.model_validate(
-        {"state_dir": str(state), "ocr": {"cpu_threads": 1}, "workers": {"devices": ["cpu", "cpu"]}}
+        {
+            "folders": {"state": str(state)},
+            "ocr": {"cpu_threads": 1},
+            "workers": {"devices": ["cpu", "cpu"]},
+        }
     )
     results: dict[str, dict] = {}
 

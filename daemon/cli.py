@@ -1,9 +1,10 @@
-"""Command line: ``scanhopper models | ocr``."""
+"""Command line: ``scanhopper run | status | complete | retry | models | ocr``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from .layout import reading_order
 from .logs import configure_logging
 from .models import ModelError, list_models
 from .pdf import PageSource, PageSourceError, expand_pages, prepare_page
+from .service import request_retry, run_daemon
+from .status import document_pages, render_table, status_rows
+from .store import AlreadyRunningError, StateDatabaseError
 from .workers import PageFailedError, WorkerPool, WorkerStartError, open_worker_pool
 
 __all__ = ["ExitCode", "main", "run"]
@@ -33,6 +37,8 @@ class ExitCode(IntEnum):
     ok = 0
     bad_args = 1
     input_file = 2
+    file_access_error = 5
+    already_running = 6
     child_process_error = 7
     invalid_config = 9
     other_error = 15
@@ -52,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("models", help="list the OCR models and where they are")
+    commands.add_parser("run", help="run the daemon (watch, OCR, publish) until SIGTERM")
+    status = commands.add_parser("status", help="how documents stand (read-only)")
+    status.add_argument("path", nargs="?", help="one document: list its pages")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    complete = commands.add_parser("complete", help="mark a document folder complete")
+    complete.add_argument("path", type=Path)
+    retry = commands.add_parser("retry", help="retry the failed pages of a document")
+    target = retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("path", nargs="?", help="document path (relative to its inbox root)")
+    target.add_argument("--failed", action="store_true", help="every failed page")
     ocr = commands.add_parser("ocr", help="OCR images and PDFs and print their text")
     ocr.add_argument("files", nargs="+", type=Path, metavar="FILE")
     ocr.add_argument("--json", action="store_true", help="print full results as JSON")
@@ -131,6 +147,53 @@ def _models(settings: Settings) -> ExitCode:
     return ExitCode.ok
 
 
+def _status(settings: Settings, path: str | None, as_json: bool) -> ExitCode:
+    if path is not None:
+        rows = document_pages(settings, path)
+        columns = ["file", "page", "state", "attempts", "device", "seconds", "error"]
+    else:
+        rows = status_rows(settings)
+        for row in rows:
+            row["pages"] = f"{row['pages_done'] or 0}/{row['pages_total']}"
+        columns = ["path", "state", "pages", "pages_failed", "eta_seconds", "error"]
+    print(
+        json.dumps(rows, ensure_ascii=False, indent=1) if as_json else render_table(rows, columns)
+    )
+    return ExitCode.ok
+
+
+def _complete(settings: Settings, path: Path) -> ExitCode:
+    folder = path.resolve()
+    roots = [root.resolve() for root in settings.folders.inbox]
+    if not folder.is_dir() or not any(folder.is_relative_to(r) and folder != r for r in roots):
+        print(
+            f"scanhopper: {path} is not a document folder inside an inbox root "
+            f"({', '.join(map(str, roots))})",
+            file=sys.stderr,
+        )
+        return ExitCode.bad_args
+    (folder / settings.intake.completion_marker).touch()
+    print(f"{path}: marked complete")
+    return ExitCode.ok
+
+
+def _command(settings: Settings, options: argparse.Namespace) -> ExitCode:
+    if options.command == "models":
+        return _models(settings)
+    if options.command == "run":
+        anyio.run(run_daemon, settings)
+        return ExitCode.ok
+    if options.command == "status":
+        return _status(settings, options.path, options.json)
+    if options.command == "complete":
+        return _complete(settings, options.path)
+    if options.command == "retry":
+        written = request_retry(settings, None if options.failed else options.path)
+        print(f"retry requested ({written.name}); the daemon picks it up within seconds")
+        return ExitCode.ok
+    return anyio.run(_ocr_files, settings, options.files, options.json)
+
+
 def run(args: Sequence[str] | None = None) -> ExitCode:
     """Parse arguments, configure logging, load the configuration and run a command.
 
@@ -142,10 +205,8 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     options = _parser().parse_args(args)
     configure_logging(level=options.log_level)
     try:
-        settings = load_settings(options.config)
-        if options.command == "models":
-            return _models(settings)
-        return anyio.run(_ocr_files, settings, options.files, options.json)
+        settings = load_settings(options.config or _default_config())
+        return _command(settings, options)
     except ConfigError as exc:
         print(f"scanhopper: configuration error: {exc}", file=sys.stderr)
         return ExitCode.invalid_config
@@ -155,8 +216,23 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     except (ModelError, WorkerStartError) as exc:
         print(f"scanhopper: {exc}", file=sys.stderr)
         return ExitCode.child_process_error
+    except AlreadyRunningError as exc:
+        print(f"scanhopper: {exc}", file=sys.stderr)
+        return ExitCode.already_running
+    except StateDatabaseError as exc:
+        print(f"scanhopper: state database: {exc}", file=sys.stderr)
+        return ExitCode.file_access_error
+    except KeyError as exc:
+        print(f"scanhopper: {exc.args[0]}", file=sys.stderr)
+        return ExitCode.bad_args
     except KeyboardInterrupt:
         return ExitCode.ctrl_c
+
+
+def _default_config() -> Path | None:
+    """``$SCANHOPPER_CONFIG`` if set, else ``None`` (built-in defaults)."""
+    value = os.environ.get("SCANHOPPER_CONFIG")
+    return Path(value) if value else None
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from enum import StrEnum
@@ -14,10 +15,14 @@ from .models import DEFAULT_DET_MODEL, DEFAULT_REC_MODEL
 
 __all__ = [
     "ConfigError",
+    "FailedPages",
+    "FolderSettings",
+    "IntakeSettings",
     "OcrSettings",
     "OutputSettings",
     "Settings",
     "Sidecar",
+    "SourcePolicy",
     "TextPolicy",
     "WorkerSettings",
     "load_settings",
@@ -76,8 +81,65 @@ class Sidecar(StrEnum):
     """ALTO v4 (https://www.loc.gov/standards/alto/v4/alto-4-4.xsd), pixel units."""
 
 
+class SourcePolicy(StrEnum):
+    """What happens to a document's source files once its PDF is published."""
+
+    keep = "keep"
+    """Leave them in the inbox (new pages added later re-open the document)."""
+    archive = "archive"
+    """Move them under the archive folder, mirroring their inbox path."""
+    delete = "delete"
+    """Delete them (and their folder, once empty)."""
+
+
+class FailedPages(StrEnum):
+    """What a document with some failed pages becomes."""
+
+    publish = "publish"
+    """Publish it with those pages as image-only pages (or left out where the file
+    cannot be read at all), state ``done_with_errors``."""
+    fail = "fail"
+    """Fail the whole document: its files go to the failed folder with a reason file."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class FolderSettings(_Strict):
+    """Where scanhopper reads and writes; nothing is written anywhere else."""
+
+    inbox: list[Path] = Field(default_factory=lambda: [Path("scanhopper/inbox")], min_length=1)
+    """Watched inbox roots; each document's output mirrors its path under its root."""
+    outbox: Path = Path("scanhopper/outbox")
+    """Where searchable PDFs (and sidecars) are published."""
+    archive: Path = Path("scanhopper/archive")
+    """Where sources go after publishing when ``intake.source_policy = "archive"``."""
+    failed: Path = Path("scanhopper/failed")
+    """Where the files of a failed document go, with a ``.reason.txt`` beside them."""
+    state: Path = Path("scanhopper/state")
+    """State database, model directories and temp caches."""
+
+
+class IntakeSettings(_Strict):
+    """How the inbox is watched and when a document is taken and complete."""
+
+    completion_marker: str = Field(".complete", min_length=1, pattern=r"^[^/\\]+$")
+    """File name that marks a folder complete (``scanhopper complete`` creates it)."""
+    quiet_seconds: float = Field(0.0, ge=0)
+    """Auto-complete a folder when none of its files changed for this long; ``0``: off."""
+    stable_seconds: float = Field(2.0, ge=0)
+    """A file is taken only once its size and mtime stayed the same this long."""
+    force_polling: bool = False
+    """Poll instead of using native events (network shares, some containers)."""
+    poll_interval: float = Field(2.0, gt=0)
+    """Seconds between polls when polling."""
+    rescan_interval: float = Field(300.0, gt=0)
+    """Seconds between full reconciles of disk with the database (events are hints)."""
+    source_policy: SourcePolicy = SourcePolicy.keep
+    """What happens to sources after publishing: ``keep``, ``archive`` or ``delete``."""
+    failed_pages: FailedPages = FailedPages.publish
+    """A document with failed pages: ``publish`` (``done_with_errors``) or ``fail``."""
 
 
 class OcrSettings(_Strict):
@@ -147,13 +209,19 @@ class WorkerSettings(_Strict):
     same again before SIGKILL."""
     health_interval: float = Field(5.0, gt=0)
     """Seconds between liveness checks of an idle worker."""
+    queue_depth: int = Field(2, ge=1, le=64)
+    """Pages prepared ahead per device slot (decoded, PDF pages rasterised)."""
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Times a page is tried when its worker crashes or times out, before it fails."""
 
 
 class Settings(_Strict):
     """Everything scanhopper reads from its configuration file."""
 
-    state_dir: Path = Path("scanhopper/state")
-    """Folder for the state database, model directories and temp caches."""
+    folders: FolderSettings = Field(default_factory=FolderSettings)
+    """Inbox roots, outbox, archive, failed and state folders."""
+    intake: IntakeSettings = Field(default_factory=IntakeSettings)
+    """Watching and completion."""
     ocr: OcrSettings = Field(default_factory=OcrSettings)
     """The OCR engine."""
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
@@ -164,19 +232,54 @@ class Settings(_Strict):
     @property
     def models_dir(self) -> Path:
         """Folder holding the assembled offline model directories."""
-        return self.state_dir / "models"
+        return self.folders.state / "models"
 
     @property
     def cache_dir(self) -> Path:
-        """Folder for PaddleX's cache and per-worker temp files."""
-        return self.state_dir / "cache"
+        """Folder for PaddleX's cache, per-worker and per-document temp files."""
+        return self.folders.state / "cache"
+
+    @property
+    def database(self) -> Path:
+        """The SQLite state database."""
+        return self.folders.state / "state.db"
 
 
-def load_settings(path: Path | None) -> Settings:
-    """Read and validate the configuration.
+ENV_PREFIX = "SCANHOPPER_"
+"""Environment variables ``SCANHOPPER_<SECTION>__<KEY>`` override file keys."""
+
+
+def _environment_overrides(environ: dict[str, str]) -> dict[str, dict[str, object]]:
+    """Collect ``SCANHOPPER_<SECTION>__<KEY>=value`` overrides.
+
+    The value is read as a TOML value when it parses as one (``["gpu:0"]``, ``4``,
+    ``true``), otherwise taken as a plain string (a path).
+
+    Raises:
+        ConfigError: a variable does not name ``SECTION__KEY``.
+    """
+    overrides: dict[str, dict[str, object]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        if not sep or not key:
+            raise ConfigError(f"{name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def load_settings(path: Path | None, environ: dict[str, str] | None = None) -> Settings:
+    """Read and validate the configuration: built-in defaults, then the TOML file, then
+    environment overrides.
 
     Args:
         path: A TOML file, or ``None`` for the built-in defaults.
+        environ: Environment to read overrides from (default: ``os.environ``).
 
     Returns:
         The validated settings.
@@ -185,16 +288,23 @@ def load_settings(path: Path | None) -> Settings:
         ConfigError: the file cannot be read or parsed, or a key is unknown or has a
             bad value; the message names each bad key.
     """
-    if path is None:
-        return Settings()
-    try:
-        data = tomllib.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    data: dict = {}
+    where = "built-in defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = tomllib.loads(path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    overrides = _environment_overrides(dict(os.environ if environ is None else environ))
+    for section, values in overrides.items():
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"{ENV_PREFIX}{section.upper()}: {section} is not a section")
+        data.setdefault(section, {}).update(values)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{where}: {problems}") from exc

@@ -46,7 +46,7 @@ def fake_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     (tmp_path / "engine-log").mkdir()
     return Settings.model_validate(
         {
-            "state_dir": str(tmp_path / "state"),
+            "folders": {"state": str(tmp_path / "state")},
             "ocr": {"engine": FAKE_ENGINE},
             "workers": {
                 "page_timeout": 3,
@@ -83,7 +83,7 @@ def corpus_ocr(corpus, shared_state, tmp_path_factory):
     work = tmp_path_factory.mktemp("renders")
     settings = Settings.model_validate(
         {
-            "state_dir": str(shared_state),
+            "folders": {"state": str(shared_state)},
             "ocr": {"cpu_threads": 1},
             "workers": {"devices": ["cpu", "cpu"]},
         }

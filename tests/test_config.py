@@ -11,7 +11,7 @@ def test_defaults_run_on_one_cpu_worker_under_a_local_folder():
     settings = load_settings(None)
     assert settings.workers.devices == ["cpu"]
     assert settings.ocr.engine == "onnxruntime"
-    assert str(settings.state_dir).startswith("scanhopper")
+    assert str(settings.folders.state).startswith("scanhopper")
 
 
 def test_a_file_sets_devices_and_engine(tmp_path):

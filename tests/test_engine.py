@@ -25,7 +25,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 async def results(corpus, shared_state) -> dict[str, OcrResult]:
-    settings = Settings(state_dir=shared_state)
+    settings = Settings.model_validate({"folders": {"state": str(shared_state)}})
     async with open_worker_pool(settings) as pool:
         return {page: await pool.ocr(corpus / page) for page in PAGES}
 
@@ -69,7 +69,7 @@ async def test_size_matches_the_decoded_page(results, corpus):
 
 def test_ocr_command_prints_text_and_json(corpus, shared_state, tmp_path):
     config = tmp_path / "scanhopper.toml"
-    config.write_text(f'state_dir = "{shared_state}"\n')
+    config.write_text(f'[folders]\nstate = "{shared_state}"\n')
     image = str(corpus / "images/ch_en_num.jpg")
     plain = subprocess.run(
         [sys.executable, "-m", "daemon", "-c", str(config), "ocr", image],

@@ -1,0 +1,303 @@
+"""Intake: watch the inbox roots and reconcile what is on disk with the state database.
+
+Events (watchfiles) are hints: each batch triggers a reconcile, and so do a timer
+(every ``rescan_interval`` seconds, and every second while some file is not yet stable)
+and the start of the daemon. A reconcile walks every root, takes files whose size and
+mtime have been stable for ``stable_seconds``, records their pages, notices files that
+changed or left, and marks documents complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import structlog
+from natsort import natsort_keygen
+from watchfiles import Change, awatch
+
+from .config import Settings, TextPolicy
+from .pdf import PageSource, PageSourceError, expand_pages, needs_ocr
+from .store import Document, Store
+
+__all__ = ["InboxFilter", "Intake", "natural_key", "scan_root"]
+
+log = structlog.get_logger(__name__)
+
+natural_key = natsort_keygen()
+"""Sort key for natural order of file names (``p2`` before ``p10``)."""
+
+PUBLISHED = ("done", "done_with_errors")
+"""Document states after a successful publication."""
+
+
+class InboxFilter:
+    """Which inbox names are taken: not temp files, not hidden files (the completion
+    marker excepted). Also a ``watchfiles`` filter (``__call__(change, path)``).
+
+    Attributes:
+        ignore_prefixes: Name starts that mark temp or hidden files.
+        ignore_suffixes: Name ends that mark files still being written.
+    """
+
+    ignore_prefixes: tuple[str, ...] = (".", "~")
+    ignore_suffixes: tuple[str, ...] = (".part", ".tmp", ".crdownload", ".partial", ".swp")
+
+    def __init__(self, *, marker: str) -> None:
+        self.marker = marker
+
+    def accepts(self, name: str) -> bool:
+        """True when a file or folder with this name is inbox content."""
+        if name == self.marker:
+            return True
+        return not name.startswith(self.ignore_prefixes) and not name.lower().endswith(
+            self.ignore_suffixes
+        )
+
+    def __call__(self, change: Change, path: str) -> bool:
+        return self.accepts(os.path.basename(path))
+
+
+@dataclass
+class FolderScan:
+    """What one reconcile found for one document."""
+
+    kind: str
+    """``folder`` or ``file``."""
+    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Page files: ``{path relative to the root: (size in bytes, mtime in ns)}``."""
+    marker: bool = False
+    """The completion marker is present."""
+
+
+def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], list[str]]:
+    """Walk an inbox root.
+
+    A folder directly holding files (or the marker) is a document; a file directly in
+    the root is a document of its own. Symlinks are followed only where they resolve
+    inside the root; folder symlinks are never followed.
+
+    Returns:
+        ``({document path relative to root: FolderScan}, [refused symlinks])``.
+    """
+    documents: dict[str, FolderScan] = {}
+    refused: list[str] = []
+    real_root = root.resolve()
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if accept.accepts(d)]
+        rel_folder = Path(folder).relative_to(root).as_posix()
+        for name in names:
+            if not accept.accepts(name):
+                continue
+            path = Path(folder, name)
+            try:
+                info = path.stat() if not path.is_symlink() else _inside(path, real_root)
+            except (FileNotFoundError, PermissionError):
+                continue
+            if info is None:
+                refused.append(path.relative_to(root).as_posix())
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            rel = path.relative_to(root).as_posix()
+            if rel_folder == ".":
+                if name != accept.marker:
+                    documents[rel] = FolderScan("file", {rel: (info.st_size, info.st_mtime_ns)})
+                continue
+            scan = documents.setdefault(rel_folder, FolderScan("folder"))
+            if name == accept.marker:
+                scan.marker = True
+            else:
+                scan.files[rel] = (info.st_size, info.st_mtime_ns)
+    return documents, refused
+
+
+def _inside(link: Path, real_root: Path) -> os.stat_result | None:
+    """Stat a symlink's target if it lies inside the root, else ``None``."""
+    target = link.resolve()
+    return target.stat() if target.is_relative_to(real_root) else None
+
+
+def _hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    kind: str
+    pages: int
+    content_hash: str
+    error: str | None
+    skipped: frozenset[int]
+
+
+def _inspect(path: Path, policy: TextPolicy) -> _FileInfo:
+    """Hash a file and list its pages (blocking; run in a thread)."""
+    content_hash = _hash(path)
+    try:
+        sources = expand_pages(path)
+    except PageSourceError as exc:
+        return _FileInfo("bad", 1, content_hash, exc.reason, frozenset())
+    skipped = frozenset(s.index for s in sources if not _ocr_wanted(s, policy))
+    return _FileInfo(sources[0].kind, len(sources), content_hash, None, skipped)
+
+
+def _ocr_wanted(source: PageSource, policy: TextPolicy) -> bool:
+    try:
+        return needs_ocr(source, policy)
+    except PageSourceError:
+        return True  # the scheduler's rendering reports what is wrong with the page
+
+
+class Intake:
+    """Reconciles the inbox roots with the store; owns file stability tracking."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.filter = InboxFilter(marker=settings.intake.completion_marker)
+        self._seen: dict[Path, tuple[int, int, float]] = {}
+        self._refused: set[str] = set()
+
+    def _stable(self, path: Path, size: int, mtime_ns: int, now: float) -> bool:
+        seen = self._seen.get(path)
+        if seen is None or seen[:2] != (size, mtime_ns):
+            self._seen[path] = (size, mtime_ns, now)
+            return self.settings.intake.stable_seconds == 0
+        return now - seen[2] >= self.settings.intake.stable_seconds
+
+    async def reconcile(self) -> bool:
+        """Bring the store in line with the inbox roots.
+
+        Returns:
+            True while some file is still unstable (call again soon).
+        """
+        waiting = False
+        now = time.time()
+        present: set[Path] = set()
+        for root in self.settings.folders.inbox:
+            root.mkdir(parents=True, exist_ok=True)
+            found, refused = await anyio.to_thread.run_sync(scan_root, root, self.filter)
+            for rel in set(refused) - self._refused:
+                log.warning("symlink_refused", path=rel, reason="points outside the inbox")
+                self.store.log(
+                    None,
+                    None,
+                    "warning",
+                    "symlink_refused",
+                    f"{rel}: symlink points outside the inbox; ignored",
+                )
+            self._refused |= set(refused)
+            for rel, scan in sorted(found.items()):
+                present.update(root / f for f in scan.files)
+                with structlog.contextvars.bound_contextvars(document=rel):
+                    waiting |= await self._reconcile_document(root, rel, scan, now)
+        self._seen = {p: v for p, v in self._seen.items() if p in present}
+        return waiting
+
+    async def _reconcile_document(self, root: Path, rel: str, scan: FolderScan, now: float) -> bool:
+        root_key = str(root.resolve())
+        stable = {f: v for f, v in scan.files.items() if self._stable(root / f, *v, now)}
+        unstable = len(stable) < len(scan.files)
+        document = self.store.document(root_key, rel)
+        if document is None:
+            if not stable and not scan.marker:
+                return unstable
+            document = self.store.add_document(root_key, rel, scan.kind)
+        known = self.store.files(document.id)
+        changed = {f: v for f, v in stable.items() if known.get(f, (None, None))[:2] != v}
+        if changed and document.state in (*PUBLISHED, "failed"):
+            self.store.reopen(document.id)
+            document = self.store.document_by_id(document.id)
+        if document.state not in (*PUBLISHED, "failed", "publishing"):
+            for file in set(known) - set(scan.files):
+                self.store.remove_file(document.id, file)
+                log.info("file_gone", file=file)
+        for file, (size, mtime_ns) in sorted(changed.items(), key=lambda kv: natural_key(kv[0])):
+            await self._add_file(document, root, file, size, mtime_ns)
+        if not unstable and document.state == "collecting" and self._complete(scan, document):
+            self.store.mark_complete(document.id)
+            self.store.log(document.id, None, "info", "document_complete", None)
+            log.info("document_complete", document=rel)
+        return unstable
+
+    async def _add_file(
+        self, document: Document, root: Path, file: str, size: int, mtime_ns: int
+    ) -> None:
+        path = root / file
+        try:
+            info = await anyio.to_thread.run_sync(_inspect, path, self.settings.output.text_policy)
+        except FileNotFoundError:
+            log.info("file_vanished", file=file)
+            return
+        waiting = self.store.add_file(
+            document.id,
+            file,
+            kind=info.kind,
+            pages=info.pages,
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=info.content_hash,
+            error=info.error,
+            skipped=info.skipped,
+        )
+        if info.error:
+            log.warning("file_refused", file=file, reason=info.error)
+            self.store.log(document.id, None, "error", "file_refused", f"{file}: {info.error}")
+        else:
+            log.info("file_taken", file=file, pages=info.pages, to_ocr=waiting)
+
+    def _complete(self, scan: FolderScan, document: Document) -> bool:
+        if scan.kind == "file" or scan.marker:
+            return True
+        quiet = self.settings.intake.quiet_seconds
+        if quiet <= 0 or not scan.files:
+            return False
+        newest = max(mtime_ns for _, mtime_ns in scan.files.values()) / 1e9
+        return time.time() - max(newest, document.updated_at) >= quiet
+
+    async def run(self, *, stop: anyio.Event) -> None:
+        """Reconcile now, then after each batch of events, every second while files are
+        unstable (or quiet-time completion is on), and every ``rescan_interval``
+        seconds, until ``stop`` is set."""
+        intake = self.settings.intake
+        roots = self.settings.folders.inbox
+        for root in roots:
+            root.mkdir(parents=True, exist_ok=True)
+        send, receive = anyio.create_memory_object_stream[None](1)
+
+        async def watch() -> None:
+            async for _ in awatch(
+                *roots,
+                watch_filter=self.filter,
+                stop_event=stop,
+                force_polling=intake.force_polling,
+                poll_delay_ms=int(intake.poll_interval * 1000),
+                debounce=300,
+                step=50,
+                recursive=True,
+                ignore_permission_denied=True,
+            ):
+                with contextlib.suppress(anyio.WouldBlock):
+                    send.send_nowait(None)  # one pending wake-up is enough
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            waiting = await self.reconcile()
+            while not stop.is_set():
+                fast = waiting or intake.quiet_seconds > 0
+                with anyio.move_on_after(1.0 if fast else intake.rescan_interval):
+                    await receive.receive()
+                if not stop.is_set():
+                    waiting = await self.reconcile()
+            tg.cancel_scope.cancel()

@@ -1,0 +1,110 @@
+"""Scheduler: pending pages from the store, prepared and fed to the worker pool.
+
+At most ``devices x queue_depth`` pages are in flight at once (claimed, being prepared,
+queued for a worker or being read): that caps the pages prepared ahead (backpressure),
+whatever the backlog. Pages of complete documents go first, then the oldest documents.
+Page preparation (rasterising PDF pages) runs in threads, overlapping with OCR.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import anyio
+import structlog
+
+from .config import Settings
+from .pdf import PageSource, PageSourceError, prepare_page
+from .store import Page, Store
+from .workers import PageFailedError, WorkerPool
+
+__all__ = ["Scheduler", "document_work_dir"]
+
+log = structlog.get_logger(__name__)
+
+
+def document_work_dir(settings: Settings, document_id: int) -> Path:
+    """A document's temp folder (rasterised pages); removed once it is published."""
+    return settings.cache_dir / "documents" / str(document_id)
+
+
+class Scheduler:
+    """Feeds pending pages to the pool and records each outcome durably."""
+
+    def __init__(self, settings: Settings, store: Store, pool: WorkerPool) -> None:
+        self.settings = settings
+        self.store = store
+        self.pool = pool
+        self.capacity = len(settings.workers.devices) * settings.workers.queue_depth
+        self.in_flight = 0
+
+    async def run(self, *, stop: anyio.Event, idle: float = 0.25) -> None:
+        """Claim and process pages until ``stop`` is set, then finish those in flight.
+
+        Args:
+            stop: Set to stop claiming pages (the pages in flight are drained).
+            idle: Seconds between looks at the store when nothing is pending.
+        """
+        async with anyio.create_task_group() as tg:
+            while not stop.is_set():
+                free = self.capacity - self.in_flight
+                pages = self.store.claim_pending(free) if free > 0 else []
+                for page in pages:
+                    self.in_flight += 1
+                    tg.start_soon(self._process, page)
+                with anyio.move_on_after(idle if not pages else 0.01):
+                    await stop.wait()
+
+    async def _process(self, page: Page) -> None:
+        document = self.store.document_by_id(page.document_id)
+        source = PageSource(Path(document.root) / page.file, page.kind, page.page_index)
+        work = document_work_dir(self.settings, document.id)
+        work.mkdir(parents=True, exist_ok=True)
+        output = self.settings.output
+        with structlog.contextvars.bound_contextvars(
+            document=document.path, page=f"{page.file}#{page.page_index + 1}"
+        ):
+            try:
+                try:
+                    image, frame = await anyio.to_thread.run_sync(
+                        lambda: prepare_page(
+                            source, work, dpi=output.render_dpi, max_pixels=output.max_pixels
+                        )
+                    )
+                except (PageSourceError, OSError) as exc:
+                    self._failed(page, str(exc), final=True)
+                    return
+                await self._ocr(page, image, frame)
+                if image.parent == work:
+                    image.unlink(missing_ok=True)
+            finally:
+                self.in_flight -= 1
+
+    async def _ocr(self, page: Page, image: Path, frame: int) -> None:
+        self.store.page_started(page.id)
+        started = time.perf_counter()
+        try:
+            result = await self.pool.ocr(image, frame=frame)
+        except PageFailedError as exc:
+            attempts = page.attempts + 1
+            final = exc.cause == "error" or attempts >= self.settings.workers.max_attempts
+            self._failed(page, exc.reason, final=final, attempts=attempts)
+            return
+        seconds = time.perf_counter() - started
+        self.store.page_done(page.id, result.to_dict(), seconds)
+        log.info("page_done", seconds=round(seconds, 2), lines=len(result.lines))
+
+    def _failed(self, page: Page, reason: str, *, final: bool, attempts: int = 1) -> None:
+        self.store.page_attempt_failed(page.id, reason, final=final)
+        if final:
+            log.error("page_failed", reason=reason, attempts=attempts)
+            self.store.log(page.document_id, page.id, "error", "page_failed", reason)
+        else:
+            log.warning("page_retry", reason=reason, attempts=attempts)
+
+
+def remove_work_dir(settings: Settings, document_id: int) -> None:
+    """Delete a document's temp folder (idempotent)."""
+    shutil.rmtree(document_work_dir(settings, document_id), ignore_errors=True)

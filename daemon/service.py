@@ -1,0 +1,176 @@
+"""The daemon: lock, store, workers, intake, scheduler and finalizer, under systemd.
+
+``run_daemon`` holds the single-instance lock, resets pages a crash left in flight,
+starts the workers (READY=1 once their models are loaded), then runs intake, scheduler
+and finalizer until SIGTERM or SIGINT, when it stops taking pages, drains those in
+flight, finishes a publication under way and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import uuid
+from functools import partial
+from pathlib import Path
+
+import anyio
+import structlog
+
+from .config import Settings
+from .finalize import Finalizer
+from .intake import Intake
+from .scheduler import Scheduler
+from .store import InstanceLock, Store
+from .workers import open_worker_pool
+
+__all__ = ["SystemdNotifier", "request_retry", "run_daemon"]
+
+log = structlog.get_logger(__name__)
+
+
+class SystemdNotifier:
+    """Sends ``sd_notify`` messages (READY, STATUS, WATCHDOG, STOPPING) to systemd.
+
+    The protocol is a datagram of ``KEY=value`` lines to the Unix socket named by
+    ``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace): sd_notify(3).
+    Without ``$NOTIFY_SOCKET`` every call does nothing.
+    """
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_seconds = int(usec) / 1e6 if usec.isdigit() else None
+        """The watchdog timeout, if systemd set one (ping at least twice within it)."""
+
+    def notify(self, **fields: str | int) -> None:
+        """Send ``KEY=value`` fields, e.g. ``notify(READY=1, STATUS="...")``."""
+        if not self.address:
+            return
+        message = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.sendto(message, self.address)
+            except OSError as exc:
+                log.warning("sd_notify_failed", error=str(exc))
+
+
+def request_retry(settings: Settings, target: str | None) -> Path:
+    """Leave a retry request for the daemon (picked up while running or at start).
+
+    Args:
+        target: A document path relative to its inbox root, or ``None`` for every
+            failed page.
+
+    Returns:
+        The request file written.
+    """
+    folder = settings.folders.state / "requests"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"retry-{uuid.uuid4().hex}.json"
+    tmp = folder / f".{path.name}.part"
+    tmp.write_text(json.dumps({"retry": target}))
+    tmp.rename(path)
+    return path
+
+
+def _take_requests(settings: Settings, store: Store) -> None:
+    folder = settings.folders.state / "requests"
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("retry-*.json")):
+        try:
+            target = json.loads(path.read_text())["retry"]
+        except (OSError, ValueError, KeyError):
+            target = False
+        path.unlink(missing_ok=True)
+        if target is False:
+            continue
+        documents = [d for d in store.documents() if target is None or d.path == target]
+        count = sum(store.retry(d.id) for d in documents) if target else store.retry()
+        log.info("retry_requested", target=target or "all failed pages", pages=count)
+
+
+def _status_line(store: Store) -> str:
+    rows = store.status()
+    waiting = sum(r["pages_waiting"] or 0 for r in rows)
+    done = sum(r["pages_done"] or 0 for r in rows)
+    failed = sum(r["pages_failed"] or 0 for r in rows)
+    open_docs = sum(r["state"] in ("collecting", "complete", "publishing") for r in rows)
+    return f"{open_docs} documents open, {waiting} pages waiting, {done} done, {failed} failed"
+
+
+async def _housekeeping(
+    settings: Settings, store: Store, notifier: SystemdNotifier, stop: anyio.Event
+) -> None:
+    """STATUS lines, WATCHDOG pings and retry requests, every few seconds."""
+    interval = min(5.0, (notifier.watchdog_seconds or 10.0) / 2)
+    while not stop.is_set():
+        _take_requests(settings, store)
+        notifier.notify(STATUS=_status_line(store), WATCHDOG=1)
+        with anyio.move_on_after(interval):
+            await stop.wait()
+
+
+async def _on_signals(stop: anyio.Event, notifier: SystemdNotifier) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("stopping", signal=signal.Signals(signum).name)
+            notifier.notify(STOPPING=1, STATUS="draining pages in flight")
+            stop.set()
+            return
+
+
+def _prepare_folders(settings: Settings) -> None:
+    for folder in (*settings.folders.inbox, settings.folders.outbox, settings.folders.state):
+        folder.mkdir(parents=True, exist_ok=True)
+    for leftovers in ("documents", "workers"):  # temp files of a previous run
+        shutil.rmtree(settings.cache_dir / leftovers, ignore_errors=True)
+
+
+async def run_daemon(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT.
+
+    Raises:
+        AlreadyRunningError: another daemon uses the state folder.
+        StateDatabaseError: the state database is unusable.
+        WorkerStartError, ModelError: the OCR workers cannot start.
+    """
+    settings.folders.state.mkdir(parents=True, exist_ok=True)
+    lock = InstanceLock(settings.folders.state / "daemon.lock")
+    lock.acquire()
+    try:
+        store = Store.open(settings.database)
+        _prepare_folders(settings)
+        reset = store.reset_in_flight()
+        log.info("daemon_starting", pages_reset=reset, devices=settings.workers.devices)
+        notifier = SystemdNotifier()
+        stop = anyio.Event()
+        try:
+            async with open_worker_pool(settings) as pool:
+                notifier.notify(READY=1, STATUS="workers ready")
+                log.info("daemon_ready")
+                await _serve(settings, store, pool, notifier, stop)
+        finally:
+            store.close()
+        log.info("daemon_stopped")
+    finally:
+        lock.release()
+
+
+async def _serve(settings, store, pool, notifier, stop) -> None:
+    intake = Intake(settings, store)
+    scheduler = Scheduler(settings, store, pool)
+    finalizer = Finalizer(settings, store)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, stop, notifier)
+        tg.start_soon(partial(intake.run, stop=stop))
+        tg.start_soon(partial(finalizer.run, stop=stop))
+        tg.start_soon(_housekeeping, settings, store, notifier, stop)
+        await scheduler.run(stop=stop)
+        tg.cancel_scope.cancel()

@@ -1,0 +1,80 @@
+"""Status: how things stand, read from the state database (read-only)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+from .store import Store
+
+__all__ = ["document_pages", "render_table", "status_rows"]
+
+
+def status_rows(settings: Settings) -> list[dict[str, Any]]:
+    """One dict per document (the ``document_status`` view) with an ``eta_seconds``.
+
+    ETA: pages still waiting x mean OCR seconds per page (last 100 pages) / devices;
+    ``None`` when nothing waits or nothing has been timed yet.
+
+    Raises:
+        StateDatabaseError: no readable state database.
+    """
+    store = Store.open_readonly(settings.database)
+    try:
+        rows = store.status()
+        mean = store.page_seconds()
+    finally:
+        store.close()
+    devices = len(settings.workers.devices)
+    for row in rows:
+        waiting = row["pages_waiting"] or 0
+        row["eta_seconds"] = round(waiting * mean / devices, 1) if waiting and mean else None
+    return rows
+
+
+def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
+    """The pages of the document at ``path`` (relative to its inbox root, or a path
+    inside an inbox root), from the ``page_status`` view, in page order.
+
+    Raises:
+        StateDatabaseError: no readable state database.
+        KeyError: no such document.
+    """
+    from .intake import natural_key
+
+    rel = _relative(settings, path)
+    store = Store.open_readonly(settings.database)
+    try:
+        rows = list(store.db.query("SELECT * FROM page_status WHERE document = ?", [rel]))
+    finally:
+        store.close()
+    if not rows:
+        raise KeyError(f"no document {path!r} in {settings.database}")
+    return sorted(rows, key=lambda r: (natural_key(r["file"]), r["page"]))
+
+
+def _relative(settings: Settings, path: str) -> str:
+    """A document path relative to its inbox root, given either form."""
+    candidate = Path(path).resolve()
+    for root in settings.folders.inbox:
+        if candidate.is_relative_to(root.resolve()):
+            return candidate.relative_to(root.resolve()).as_posix()
+    return Path(path).as_posix()
+
+
+def render_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain text table with a header row; ``None`` shows as ``-``."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."

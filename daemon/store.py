@@ -1,0 +1,592 @@
+"""State in SQLite (sqlite-utils, WAL): documents, pages, events, status views.
+
+All SQL lives here. The daemon is the one writer (guarded by :class:`InstanceLock`);
+``scanhopper status`` and plain ``sqlite3`` read the same file at any time.
+
+Times are Unix seconds (REAL). Page states: ``pending`` -> ``queued`` -> ``running`` ->
+``done`` | ``failed``, or ``skipped`` (a PDF page kept as it is, no OCR). Document
+states: ``collecting`` -> ``complete`` -> ``publishing`` -> ``done`` |
+``done_with_errors`` | ``failed``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AlreadyRunningError",
+    "Document",
+    "InstanceLock",
+    "Page",
+    "StateDatabaseError",
+    "Store",
+]
+
+SCHEMA_VERSION = 1
+"""Current schema version, kept in ``PRAGMA user_version``."""
+
+TERMINAL_PAGE_STATES = ("done", "failed", "skipped")
+"""Page states that need no more work."""
+
+
+class StateDatabaseError(Exception):
+    """The state database is unreadable, corrupt or from a newer scanhopper."""
+
+
+class AlreadyRunningError(Exception):
+    """Another daemon holds this state database."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One row of ``documents``."""
+
+    id: int
+    root: str
+    """Inbox root (absolute path) the document lives under."""
+    path: str
+    """Folder or loose file path relative to the root (POSIX separators)."""
+    kind: str
+    """``folder`` or ``file`` (a loose file)."""
+    state: str
+    complete: bool
+    """The completion marker (or quiet time, or stability of a loose file) was seen."""
+    version: int
+    """How many times it has been published."""
+    output: str | None
+    error: str | None
+    updated_at: float
+    cleaned: bool
+    """Temp files, marker and source policy are dealt with after the last publication."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One row of ``pages``."""
+
+    id: int
+    document_id: int
+    file: str
+    """Source file path relative to the inbox root."""
+    page_index: int
+    """Page or frame index in the file, 0-based."""
+    kind: str
+    """``image``, ``pdf``, or ``bad`` (the file could not be read at all)."""
+    content_hash: str
+    state: str
+    attempts: int
+    error: str | None
+    result: str | None
+    """The OCR result as JSON (``OcrResult.to_dict``), once done."""
+
+
+_MIGRATIONS = [
+    """
+    CREATE TABLE documents (
+        id INTEGER PRIMARY KEY,
+        root TEXT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'collecting',
+        complete INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 0,
+        output TEXT,
+        error TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        completed_at REAL,
+        published_at REAL,
+        cleaned INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (root, path)
+    );
+    CREATE TABLE pages (
+        id INTEGER PRIMARY KEY,
+        document_id INTEGER NOT NULL REFERENCES documents(id),
+        file TEXT NOT NULL,
+        page_index INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        content_hash TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        device TEXT,
+        queued_at REAL,
+        started_at REAL,
+        finished_at REAL,
+        seconds REAL,
+        error TEXT,
+        result TEXT,
+        UNIQUE (document_id, file, page_index)
+    );
+    CREATE INDEX pages_state ON pages (state, document_id);
+    CREATE INDEX pages_hash ON pages (content_hash, page_index);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        document_id INTEGER,
+        page_id INTEGER,
+        level TEXT NOT NULL,
+        event TEXT NOT NULL,
+        message TEXT
+    );
+    CREATE INDEX events_document ON events (document_id, at);
+    """,
+]
+"""Migration ``n`` brings the schema from version ``n`` to ``n + 1``."""
+
+_VIEWS = {
+    "document_status": """
+        SELECT d.id, d.root, d.path, d.kind, d.state, d.version,
+               COUNT(p.id) AS pages_total,
+               SUM(p.state IN ('done', 'skipped')) AS pages_done,
+               SUM(p.state = 'failed') AS pages_failed,
+               SUM(p.state IN ('pending', 'queued', 'running')) AS pages_waiting,
+               d.output, d.error,
+               datetime(d.created_at, 'unixepoch') AS created,
+               datetime(d.updated_at, 'unixepoch') AS updated,
+               datetime(d.published_at, 'unixepoch') AS published
+        FROM documents d LEFT JOIN pages p ON p.document_id = d.id
+        GROUP BY d.id
+    """,
+    "page_status": """
+        SELECT d.path AS document, p.file, p.page_index + 1 AS page, p.kind, p.state,
+               p.attempts, p.device, p.seconds, p.error
+        FROM pages p JOIN documents d ON d.id = p.document_id
+    """,
+    "failures": """
+        SELECT d.path AS document, p.file, p.page_index + 1 AS page, p.error,
+               datetime(p.finished_at, 'unixepoch') AS at
+        FROM pages p JOIN documents d ON d.id = p.document_id
+        WHERE p.state = 'failed'
+        UNION ALL
+        SELECT d.path, NULL, NULL, d.error, datetime(d.updated_at, 'unixepoch')
+        FROM documents d WHERE d.state = 'failed'
+    """,
+    "recent_events": """
+        SELECT datetime(e.at, 'unixepoch') AS at, e.level, e.event, d.path AS document,
+               e.message
+        FROM events e LEFT JOIN documents d ON d.id = e.document_id
+        ORDER BY e.id DESC LIMIT 200
+    """,
+}
+"""Views documented in the README as a stable interface."""
+
+
+class InstanceLock:
+    """An exclusive ``flock`` on ``<state>/daemon.lock``, holding the owner's pid.
+
+    Raises:
+        AlreadyRunningError: from :meth:`acquire` when another process holds it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or say which process has it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise AlreadyRunningError(
+                f"another scanhopper daemon (pid {holder}) is using {self.path.parent}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class Store:
+    """The state database. Open with :meth:`open` (the daemon) or :meth:`open_readonly`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the database, in WAL mode.
+
+        The file is created readable by its owner only.
+
+        Raises:
+            StateDatabaseError: the file is not a SQLite database, is corrupt, or its
+                schema is newer than this scanhopper.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            db = Database(path)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StateDatabaseError(f"{path}: corrupt ({check})")
+            db.enable_wal()
+            store = cls(db)
+            store._migrate(path)
+        except sqlite3.DatabaseError as exc:
+            raise StateDatabaseError(
+                f"{path}: not a usable SQLite database ({exc}); move it away to start afresh"
+            ) from exc
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open for reading only; never blocks or changes the daemon's database.
+
+        Raises:
+            StateDatabaseError: it does not exist or cannot be read.
+        """
+        if not path.is_file():
+            raise StateDatabaseError(f"{path}: no state database (has the daemon run?)")
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn.execute("SELECT 1 FROM documents LIMIT 1")
+        except sqlite3.DatabaseError as exc:
+            raise StateDatabaseError(f"{path}: cannot read ({exc})") from exc
+        return cls(Database(conn))
+
+    def _migrate(self, path: Path) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StateDatabaseError(
+                f"{path}: schema version {version} is newer than this scanhopper's "
+                f"({SCHEMA_VERSION})"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with self.db.atomic():
+                self.db.executescript(_MIGRATIONS[number])
+                self.db.execute(f"PRAGMA user_version = {number + 1}")
+        for name, sql in _VIEWS.items():
+            self.db.create_view(name, sql, replace=True)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    # -- documents -------------------------------------------------------------
+
+    def document(self, root: str, path: str) -> Document | None:
+        """The document at ``path`` under ``root``, if known."""
+        rows = list(
+            self.db.query("SELECT * FROM documents WHERE root = ? AND path = ?", [root, path])
+        )
+        return _document(rows[0]) if rows else None
+
+    def document_by_id(self, document_id: int) -> Document:
+        """The document with this id."""
+        return _document(self.db.table("documents").get(document_id))
+
+    def add_document(self, root: str, path: str, kind: str) -> Document:
+        """Create a document in state ``collecting``."""
+        now = time.time()
+        self.db.table("documents").insert(
+            {
+                "root": root,
+                "path": path,
+                "kind": kind,
+                "state": "collecting",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        document = self.document(root, path)
+        assert document is not None
+        self.log(document.id, None, "info", "document_seen", f"{kind} {path}")
+        return document
+
+    def documents(self, states: tuple[str, ...] | None = None) -> list[Document]:
+        """All documents, or those in ``states``, oldest first."""
+        sql = "SELECT * FROM documents"
+        params: list[Any] = []
+        if states:
+            sql += f" WHERE state IN ({', '.join('?' for _ in states)})"
+            params = list(states)
+        return [_document(r) for r in self.db.query(sql + " ORDER BY id", params)]
+
+    def set_document(self, document_id: int, **values: Any) -> None:
+        """Update columns of a document (``updated_at`` is set too)."""
+        self.db.table("documents").update(document_id, {**values, "updated_at": time.time()})
+
+    def mark_complete(self, document_id: int) -> None:
+        """Record that the document is complete (idempotent)."""
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE documents SET complete = 1, completed_at = ?, updated_at = ?, "
+                "state = CASE WHEN state = 'collecting' THEN 'complete' ELSE state END "
+                "WHERE id = ? AND complete = 0",
+                [time.time(), time.time(), document_id],
+            )
+
+    def reopen(self, document_id: int) -> None:
+        """A published document got new pages: collect again until complete again."""
+        self.set_document(document_id, state="collecting", complete=0, error=None)
+        self.log(document_id, None, "info", "document_reopened", None)
+
+    def documents_to_publish(self) -> list[Document]:
+        """Complete documents whose every page is terminal (or that are mid-publish)."""
+        placeholders = ", ".join("?" for _ in TERMINAL_PAGE_STATES)
+        rows = self.db.query(
+            "SELECT * FROM documents d WHERE (d.state = 'complete' AND NOT EXISTS ("
+            f" SELECT 1 FROM pages p WHERE p.document_id = d.id AND p.state NOT IN "
+            f"({placeholders}))) OR d.state = 'publishing' ORDER BY d.completed_at, d.id",
+            list(TERMINAL_PAGE_STATES),
+        )
+        return [_document(r) for r in rows]
+
+    # -- pages -----------------------------------------------------------------
+
+    def files(self, document_id: int) -> dict[str, tuple[int, int, str]]:
+        """The document's files: ``{file: (size, mtime_ns, content_hash)}``."""
+        rows = self.db.query(
+            "SELECT DISTINCT file, size, mtime_ns, content_hash FROM pages WHERE document_id = ?",
+            [document_id],
+        )
+        return {r["file"]: (r["size"], r["mtime_ns"], r["content_hash"]) for r in rows}
+
+    def add_file(
+        self,
+        document_id: int,
+        file: str,
+        *,
+        kind: str,
+        pages: int,
+        size: int,
+        mtime_ns: int,
+        content_hash: str,
+        error: str | None = None,
+        skipped: frozenset[int] = frozenset(),
+    ) -> int:
+        """Record a file's pages, replacing any earlier rows for the same file.
+
+        A page whose content (hash and index) was OCR'd before, in any document, gets
+        that result at once instead of being OCR'd again. A ``bad`` file gets one
+        ``failed`` row with ``error``. Pages in ``skipped`` need no OCR.
+
+        Returns:
+            How many pages still need OCR.
+        """
+        now = time.time()
+        waiting = 0
+        with self.db.atomic():
+            self.db.execute(
+                "DELETE FROM pages WHERE document_id = ? AND file = ?", [document_id, file]
+            )
+            for index in range(pages):
+                row: dict[str, Any] = {
+                    "document_id": document_id,
+                    "file": file,
+                    "page_index": index,
+                    "kind": kind,
+                    "size": size,
+                    "mtime_ns": mtime_ns,
+                    "content_hash": content_hash,
+                    "state": "pending",
+                    "queued_at": now,
+                }
+                if error is not None:
+                    row.update(state="failed", error=error, finished_at=now)
+                elif index in skipped:
+                    row.update(state="skipped", finished_at=now)
+                elif (earlier := self._earlier_result(content_hash, index)) is not None:
+                    row.update(state="done", result=earlier, finished_at=now, device="reused")
+                else:
+                    waiting += 1
+                self.db.table("pages").insert(row)
+            self.set_document(document_id)
+        return waiting
+
+    def _earlier_result(self, content_hash: str, page_index: int) -> str | None:
+        rows = list(
+            self.db.query(
+                "SELECT result FROM pages WHERE content_hash = ? AND page_index = ? AND "
+                "state = 'done' AND result IS NOT NULL LIMIT 1",
+                [content_hash, page_index],
+            )
+        )
+        return rows[0]["result"] if rows else None
+
+    def remove_file(self, document_id: int, file: str) -> None:
+        """Forget a file that left the inbox before its document was published."""
+        with self.db.atomic():
+            self.db.execute(
+                "DELETE FROM pages WHERE document_id = ? AND file = ?", [document_id, file]
+            )
+            self.set_document(document_id)
+
+    def pages(self, document_id: int) -> list[Page]:
+        """The document's pages (order them with natural sort of ``file``, then index)."""
+        rows = self.db.query("SELECT * FROM pages WHERE document_id = ?", [document_id])
+        return [_page(r) for r in rows]
+
+    def reset_in_flight(self) -> int:
+        """After a restart: pages that were queued or running go back to pending.
+
+        Returns:
+            How many pages were reset.
+        """
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "UPDATE pages SET state = 'pending', device = NULL, started_at = NULL "
+                "WHERE state IN ('queued', 'running')"
+            )
+        return cursor.rowcount
+
+    def claim_pending(self, limit: int) -> list[Page]:
+        """Take up to ``limit`` pending pages and mark them ``queued``.
+
+        Pages of complete documents go first, then the oldest documents, then file and
+        page order.
+        """
+        rows = list(
+            self.db.query(
+                "SELECT p.* FROM pages p JOIN documents d ON d.id = p.document_id "
+                "WHERE p.state = 'pending' ORDER BY d.complete DESC, d.id, p.file, p.page_index "
+                "LIMIT ?",
+                [limit],
+            )
+        )
+        with self.db.atomic():
+            for row in rows:
+                self.db.execute("UPDATE pages SET state = 'queued' WHERE id = ?", [row["id"]])
+        return [_page(r) for r in rows]
+
+    def page_started(self, page_id: int) -> None:
+        """The page was handed to the worker pool."""
+        self.db.execute(
+            "UPDATE pages SET state = 'running', started_at = ?, attempts = attempts + 1 "
+            "WHERE id = ?",
+            [time.time(), page_id],
+        )
+
+    def page_done(self, page_id: int, result: dict[str, Any], seconds: float) -> None:
+        """Store a page's OCR result durably; the page is never OCR'd again."""
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE pages SET state = 'done', result = ?, seconds = ?, finished_at = ?, "
+                "error = NULL WHERE id = ?",
+                [json.dumps(result, ensure_ascii=False), seconds, time.time(), page_id],
+            )
+
+    def page_attempt_failed(self, page_id: int, reason: str, *, final: bool) -> None:
+        """Record a failed attempt: back to ``pending``, or ``failed`` when ``final``."""
+        self.db.execute(
+            "UPDATE pages SET state = ?, error = ?, finished_at = ? WHERE id = ?",
+            ["failed" if final else "pending", reason, time.time(), page_id],
+        )
+
+    def retry(self, document_id: int | None = None) -> int:
+        """Failed pages (of one document, or all) go back to pending with no attempts;
+        failed documents back to ``complete``.
+
+        Returns:
+            How many pages will be retried.
+        """
+        where, params = ("AND document_id = ?", [document_id]) if document_id else ("", [])
+        with self.db.atomic():
+            cursor = self.db.execute(
+                "UPDATE pages SET state = 'pending', attempts = 0, error = NULL "
+                f"WHERE state = 'failed' AND kind != 'bad' {where}",
+                params,
+            )
+            doc_where = "AND id = ?" if document_id else ""
+            self.db.execute(
+                "UPDATE documents SET state = 'complete', error = NULL "
+                f"WHERE state IN ('failed', 'done_with_errors') {doc_where}",
+                params,
+            )
+        return cursor.rowcount
+
+    # -- events and status -------------------------------------------------------
+
+    def log(
+        self,
+        document_id: int | None,
+        page_id: int | None,
+        level: str,
+        event: str,
+        message: str | None,
+    ) -> None:
+        """Append to the event log."""
+        self.db.table("events").insert(
+            {
+                "at": time.time(),
+                "document_id": document_id,
+                "page_id": page_id,
+                "level": level,
+                "event": event,
+                "message": message,
+            }
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        """Rows of the ``document_status`` view, oldest first."""
+        return list(self.db.query("SELECT * FROM document_status ORDER BY id"))
+
+    def page_seconds(self) -> float | None:
+        """Mean OCR seconds per page over the last 100 pages, for ETAs."""
+        row = next(
+            self.db.query(
+                "SELECT AVG(seconds) AS s FROM (SELECT seconds FROM pages "
+                "WHERE seconds IS NOT NULL ORDER BY finished_at DESC LIMIT 100)"
+            )
+        )
+        return row["s"]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group several writes into one transaction."""
+        with self.db.atomic():
+            yield
+
+
+def _document(row: dict[str, Any]) -> Document:
+    return Document(
+        row["id"],
+        row["root"],
+        row["path"],
+        row["kind"],
+        row["state"],
+        bool(row["complete"]),
+        row["version"],
+        row["output"],
+        row["error"],
+        row["updated_at"],
+        bool(row["cleaned"]),
+    )
+
+
+def _page(row: dict[str, Any]) -> Page:
+    return Page(
+        row["id"],
+        row["document_id"],
+        row["file"],
+        row["page_index"],
+        row["kind"],
+        row["content_hash"],
+        row["state"],
+        row["attempts"],
+        row["error"],
+        row["result"],
+    )
