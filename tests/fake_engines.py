@@ -7,7 +7,7 @@ The page's file name says what the engine does with it:
 - ``hang``: the engine never returns.
 - ``raise``: the engine raises ``RuntimeError``.
 - ``nan``: a line with a NaN polygon.
-- ``slow``: takes 0.5 s.
+- ``slow``: takes 0.5 s (``FAKE_ENGINE_DELAY`` seconds, when set, for every page).
 - anything else: one text line, the file stem, across the top of the page.
 
 Every construction and every call is recorded as a JSON file in ``$FAKE_ENGINE_LOG`` so
@@ -65,13 +65,20 @@ class ScriptedEngine:
             return [TextLine("bad", 0.5, ((float("nan"), 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))]
         if "slow" in name:
             time.sleep(0.5)
+        time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0")))
         box = ((0.0, 0.0), (width * 0.8, 0.0), (width * 0.8, height * 0.1), (0.0, height * 0.1))
+        _record("done", page=name)
         return [TextLine(Path(name).stem, 0.99, box)]
 
 
 def engine_calls(log_dir: Path) -> list[dict]:
     """Every recognize call recorded in ``log_dir``."""
     return [json.loads(p.read_text()) for p in log_dir.glob("call-*.json")]
+
+
+def engine_done(log_dir: Path) -> list[str]:
+    """Page names whose recognition finished, one entry per finished call."""
+    return [json.loads(p.read_text())["page"] for p in log_dir.glob("done-*.json")]
 
 
 def engine_loads(log_dir: Path) -> list[dict]:

@@ -1,0 +1,280 @@
+"""The daemon as a real subprocess (fake engine): intake, order, resume, re-open, lock."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import pymupdf
+import pytest
+from harness import Daemon
+from PIL import Image
+
+
+def _page(path: Path, size=(300, 200)) -> Path:
+    """A distinct page image (its content differs with its name), written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    image = Image.new("RGB", size, "white")
+    seed = zlib.crc32(path.name.encode())
+    image.putpixel((seed % size[0], (seed >> 8) % size[1]), (0, 0, 0))
+    image.save(tmp, format="PNG")
+    tmp.rename(path)
+    return path
+
+
+def _pdf_texts(path: Path) -> list[str]:
+    with pymupdf.open(path) as doc:
+        return [page.get_text().strip() for page in doc]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path)
+    yield d
+    if d.process is not None and d.process.poll() is None:
+        d.stop(signal.SIGKILL)
+
+
+def test_a_completed_folder_is_published_in_natural_order(daemon):
+    daemon.start()
+    for name in ("p10.png", "p2.png", "p1.png"):
+        _page(daemon.inbox / "letters" / name)
+    daemon.command("complete", str(daemon.inbox / "letters"))
+    daemon.wait_for(lambda: daemon.states().get("letters") == "done", what="letters done")
+    assert _pdf_texts(daemon.outbox / "letters.pdf") == ["p1", "p2", "p10"]
+    assert not (daemon.inbox / "letters" / ".complete").exists()  # the marker is consumed
+    assert list((daemon.state / "cache" / "documents").glob("*/*")) == []
+    assert daemon.stop() == 0
+
+
+def test_a_loose_file_is_its_own_document_once_stable(daemon):
+    daemon.start()
+    _page(daemon.inbox / "receipt.png")
+    daemon.wait_for(lambda: daemon.states().get("receipt.png") == "done")
+    assert _pdf_texts(daemon.outbox / "receipt.pdf") == ["receipt"]
+    assert daemon.stop() == 0
+
+
+def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(daemon):
+    _page(daemon.inbox / "box" / "a1.png")
+    _page(daemon.inbox / "box" / "a2.png")
+    (daemon.inbox / "box" / ".complete").touch()
+    daemon.start()
+    daemon.wait_for(lambda: daemon.states().get("box") == "done")
+    assert _pdf_texts(daemon.outbox / "box.pdf") == ["a1", "a2"]
+    assert daemon.stop() == 0
+
+
+def test_a_republished_document_reuses_the_ocr_of_unchanged_pages(daemon):
+    daemon.start()
+    _page(daemon.inbox / "file" / "p1.png")
+    daemon.command("complete", str(daemon.inbox / "file"))
+    daemon.wait_for(lambda: daemon.states().get("file") == "done")
+    _page(daemon.inbox / "file" / "p2.png")
+    daemon.wait_for(lambda: daemon.states().get("file") == "collecting", what="re-opened")
+    daemon.command("complete", str(daemon.inbox / "file"))
+    daemon.wait_for(
+        lambda: (
+            daemon.states().get("file") == "done"
+            and _pdf_texts(daemon.outbox / "file.pdf") == ["p1", "p2"]
+        )
+    )
+    (row,) = [r for r in daemon.status() if r["path"] == "file"]
+    assert row["version"] == 2
+    assert sorted(daemon.engine_done()) == ["p1.png", "p2.png"]  # p1 read once
+    assert daemon.stop() == 0
+
+
+def test_kill_9_mid_document_loses_only_the_pages_in_flight(tmp_path):
+    daemon = Daemon(tmp_path, env={"FAKE_ENGINE_DELAY": "0.4"})
+    names = [f"s{i}.png" for i in range(1, 13)]
+    for name in names:
+        _page(daemon.inbox / "batch" / name)
+    (daemon.inbox / "batch" / ".complete").touch()
+    daemon.start()
+    db = daemon.state / "state.db"
+
+    def done_pages() -> set[str]:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute("SELECT file FROM pages WHERE state = 'done'").fetchall()
+        return {Path(f).name for (f,) in rows}
+
+    daemon.wait_for(lambda: len(done_pages()) >= 4, what="some pages done")
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    stored = done_pages()
+    daemon.start()
+    daemon.wait_for(lambda: daemon.states().get("batch") == "done", what="batch done")
+    assert daemon.stop() == 0
+    assert _pdf_texts(daemon.outbox / "batch.pdf") == [n[:-4] for n in names]
+    calls = daemon.engine_done()
+    for name in stored:  # a stored result is never recomputed
+        assert calls.count(name) == 1, name
+    assert sorted(set(calls)) == sorted(names)
+    again = [name for name in names if calls.count(name) > 1]
+    assert len(again) <= 2  # at most the pages in flight (1 device x queue depth 2)
+    assert all(calls.count(name) == 2 for name in again)
+
+
+def test_a_second_daemon_refuses_to_start_and_names_the_first(daemon):
+    daemon.start()
+    daemon.wait_for(lambda: (daemon.state / "daemon.lock").read_text().strip().isdigit())
+    second = daemon.command("run", check=False)
+    assert second.returncode == 6
+    assert f"pid {daemon.process.pid}" in second.stderr
+    assert daemon.stop() == 0
+
+
+def test_status_reads_while_the_daemon_runs_and_after(daemon):
+    daemon.start()
+    _page(daemon.inbox / "doc" / "x.png")
+    daemon.command("complete", str(daemon.inbox / "doc"))
+    daemon.wait_for(lambda: daemon.states().get("doc") == "done")
+    table = daemon.command("status").stdout
+    assert "doc" in table and "1/1" in table
+    pages = json.loads(daemon.command("status", "doc", "--json").stdout)
+    assert [(p["file"], p["page"], p["state"]) for p in pages] == [("doc/x.png", 1, "done")]
+    assert daemon.stop() == 0
+    assert daemon.states() == {"doc": "done"}
+
+
+def test_a_failed_page_is_retried_on_request(daemon):
+    daemon.start()
+    _page(daemon.inbox / "mixed" / "raise.png")
+    _page(daemon.inbox / "mixed" / "ok.png")
+    daemon.command("complete", str(daemon.inbox / "mixed"))
+    daemon.wait_for(lambda: daemon.states().get("mixed") == "done_with_errors")
+    assert _pdf_texts(daemon.outbox / "mixed.pdf") == ["ok", ""]  # image-only page kept
+    (row,) = daemon.status()
+    assert "raise.png page 1: RuntimeError: fake engine refuses raise.png" in row["error"]
+    daemon.command("retry", "mixed")
+    daemon.wait_for(
+        lambda: len([c for c in daemon.engine_log.glob("call-*.json")]) >= 3,
+        what="the failed page tried again",
+    )
+    daemon.wait_for(lambda: daemon.states().get("mixed") == "done_with_errors")
+    assert daemon.stop() == 0
+
+
+def test_sd_notify_reports_ready_status_watchdog_and_stopping(tmp_path):
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(60)
+    daemon = Daemon(tmp_path, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+    daemon.start()
+    messages: list[str] = []
+    try:
+        while not any("READY=1" in m for m in messages):
+            messages.append(server.recv(4096).decode())
+        while sum("WATCHDOG=1" in m for m in messages) < 2:
+            messages.append(server.recv(4096).decode())
+        assert any(m.startswith("STATUS=") and "pages waiting" in m for m in messages)
+        assert daemon.stop() == 0
+        server.settimeout(0.5)
+        while True:
+            try:
+                messages.append(server.recv(4096).decode())
+            except TimeoutError:
+                break
+    finally:
+        server.close()
+    assert any("STOPPING=1" in m for m in messages)
+
+
+def test_sigterm_drains_the_page_in_flight_and_exits_cleanly(daemon):
+    daemon.start()
+    _page(daemon.inbox / "last" / "slow.png")
+    daemon.command("complete", str(daemon.inbox / "last"))
+    daemon.wait_for(lambda: list(daemon.engine_log.glob("call-*.json")), what="page started")
+    assert daemon.stop() == 0
+    assert daemon.engine_done() == ["slow.png"]
+    with sqlite3.connect(daemon.state / "state.db") as conn:
+        assert conn.execute("SELECT state FROM pages").fetchall() == [("done",)]
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("[workers]\ndevices = ['tpu:0']\n", "workers.devices.0"),
+        ("[intake]\nsource_policy = 'shred'\n", "intake.source_policy"),
+        ("[folders]\noutbox = 3\n", "folders.outbox"),
+        ("[colour]\nx = 1\n", "colour: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_configuration_stops_the_daemon_with_the_key_named(tmp_path, config, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(config)
+    done = subprocess.run(
+        ["scanhopper", "-c", str(path), "run"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 9
+    assert message in done.stderr
+
+
+def test_an_environment_override_is_validated_too(tmp_path):
+    done = subprocess.run(
+        ["scanhopper", "models"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SCANHOPPER_OCR__CPU_THREADS": "0"},
+        executable=shutil.which("scanhopper"),
+    )
+    assert done.returncode == 9
+    assert "ocr.cpu_threads" in done.stderr
+
+
+def test_the_shipped_config_file_states_the_defaults():
+    from daemon.config import Settings, load_settings
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "scanhopper.toml"
+    assert load_settings(shipped, environ={}) == Settings()
+
+
+def test_the_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed here")
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "scanhopper.service").read_text()
+    unit = unit.replace("/opt/scanhopper/bin/scanhopper", shutil.which("scanhopper"))
+    (tmp_path / "scanhopper.service").write_text(unit)
+    done = subprocess.run(
+        [analyze, "verify", str(tmp_path / "scanhopper.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    problems = [line for line in done.stderr.splitlines() if "scanhopper.service" in line]
+    assert problems == []
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "ProtectSystem=strict" in unit
+
+
+def test_status_without_a_database_says_so(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(f'[folders]\nstate = "{tmp_path / "none"}"\n')
+    done = subprocess.run(
+        ["scanhopper", "-c", str(path), "status"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 5
+    assert "no state database" in done.stderr
+
+
+def test_time_from_completion_to_publication_is_short(daemon):
+    _page(daemon.inbox / "quick" / "q.png")
+    daemon.start()
+    daemon.wait_for(lambda: daemon.states().get("quick") == "collecting")
+    daemon.wait_for(lambda: [r for r in daemon.status() if r["pages_done"] == 1])
+    started = time.monotonic()
+    daemon.command("complete", str(daemon.inbox / "quick"))
+    daemon.wait_for(lambda: (daemon.outbox / "quick.pdf").exists(), timeout=30)
+    assert time.monotonic() - started < 10
+    assert daemon.stop() == 0
