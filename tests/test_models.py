@@ -92,7 +92,8 @@ def test_a_bad_model_directory_is_a_clear_error_naming_the_path(tmp_path, damage
 def test_ocr_names_a_broken_configured_model_directory(tmp_path, corpus):
     config = tmp_path / "scanhopper.toml"
     config.write_text(
-        f'[folders]\nstate = "{tmp_path / "state"}"\n[ocr]\ndet_model_dir = "{tmp_path / "nowhere"}"\n'
+        f'[folders]\nstate = "{tmp_path / "state"}"\n'
+        f'[ocr]\ndet_model_dir = "{tmp_path / "nowhere"}"\n'
     )
     done = subprocess.run(
         [sys.executable, "-m", "daemon", "-c", str(config), "ocr", str(corpus / "images/crom.png")],
