@@ -184,9 +184,10 @@ class OutputSettings(_Strict):
     """DPI assumed for an image that does not state one (sets its page size)."""
     render_dpi: float = Field(300.0, ge=50, le=1200)
     """DPI at which PDF pages are rasterised for OCR."""
-    max_pixels: int = Field(50_000_000, ge=1_000_000)
-    """Most pixels a rasterised PDF page may have; a larger page is rendered at a lower
-    DPI so memory stays bounded (3 bytes per pixel)."""
+    max_pixels: int = Field(100_000_000, ge=1_000_000)
+    """Most pixels of a page image: a larger image file is refused as a decompression
+    bomb, a larger PDF page is rasterised at a lower DPI, so memory stays bounded
+    (3 bytes per pixel when decoded)."""
     text_policy: TextPolicy = TextPolicy.skip
     """PDF pages that already have text: ``skip``, ``redo`` or ``force``."""
     chunk_pages: int = Field(25, ge=1, le=1000)

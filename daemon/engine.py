@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ __all__ = [
     "TextLine",
     "create_engine",
     "image_dpi",
+    "limit_image_pixels",
     "load_page_image",
     "make_result",
 ]
@@ -121,6 +123,16 @@ class OcrEngine(Protocol):
         ...
 
 
+def limit_image_pixels(max_pixels: int) -> None:
+    """Refuse to decode images of more than ``max_pixels`` pixels (decompression bombs).
+
+    Sets Pillow's ``Image.MAX_IMAGE_PIXELS`` and turns its ``DecompressionBombWarning``
+    (between 1x and 2x the limit) into an error, for this process.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
 def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -> PageImage:
     """Decode one page image file, EXIF orientation applied.
 
@@ -144,7 +156,13 @@ def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -
             rgb = np.asarray(upright.convert("RGB"))
     except EOFError as exc:
         raise ImageError(f"{path}: has no frame {frame}") from exc
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        ValueError,
+    ) as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from exc
     return PageImage(np.ascontiguousarray(rgb[:, :, ::-1]), dpi, path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,11 +11,10 @@ __all__ = ["temp_path_for", "write_atomically"]
 
 
 def temp_path_for(dest: Path) -> Path:
-    """The temp name used beside ``dest`` while it is written.
-
-    It starts with a dot and ends in ``.part``, names the watcher ignores.
-    """
-    return dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    """A temp name beside ``dest`` for writing it: short (so a long ``dest`` name
+    still fits the file system's limit), starting with a dot and ending in ``.part``,
+    names the watcher ignores."""
+    return dest.with_name(f".scanhopper-{uuid.uuid4().hex[:12]}.part")
 
 
 def _fsync(path: Path) -> None:

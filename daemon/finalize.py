@@ -9,6 +9,7 @@ again at start for any document a crash interrupted, so every step is idempotent
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import time
@@ -26,7 +27,7 @@ from .scheduler import remove_work_dir
 from .sidecars import write_sidecars
 from .store import Document, Page, Store
 
-__all__ = ["Finalizer", "output_path"]
+__all__ = ["Finalizer", "OutsideOutboxError", "output_path"]
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,15 @@ def output_path(settings: Settings, document: Document) -> Path:
     added to a folder's name or put in place of a loose file's suffix."""
     rel = Path(document.path)
     name = rel.name + ".pdf" if document.kind == "folder" else rel.stem + ".pdf"
-    return settings.folders.outbox / rel.parent / name
+    dest = settings.folders.outbox / rel.parent / name
+    outbox = settings.folders.outbox.resolve()
+    if rel.is_absolute() or not dest.resolve().is_relative_to(outbox):
+        raise OutsideOutboxError(f"{document.path!r} would be published outside {outbox}")
+    return dest
+
+
+class OutsideOutboxError(ValueError):
+    """A document path that would map outside the outbox (invariant 8)."""
 
 
 def _ordered(pages: list[Page]) -> list[Page]:
@@ -88,10 +97,14 @@ class Finalizer:
             started = time.perf_counter()
             try:
                 dest = await anyio.to_thread.run_sync(self._write, document, usable)
-            except PageSourceError as exc:
+            except (PageSourceError, OutsideOutboxError) as exc:
                 await self._fail(document, str(exc))
                 return
-            except OSError as exc:  # e.g. ENOSPC or a read-only outbox: retried later
+            except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    await self._fail(document, f"the output name is too long ({exc})")
+                    return
+                # e.g. ENOSPC or a read-only outbox: published once it is writable again
                 self.store.set_document(document.id, state="complete", error=f"publish: {exc}")
                 self.store.log(document.id, None, "error", "publish_failed", str(exc))
                 log.error("publish_failed", error=str(exc), retry_seconds=PUBLISH_RETRY)

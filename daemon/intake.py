@@ -76,36 +76,43 @@ class FolderScan:
     """The completion marker is present."""
 
 
-def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], list[str]]:
+def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], dict[str, str]]:
     """Walk an inbox root.
 
     A folder directly holding files (or the marker) is a document; a file directly in
     the root is a document of its own. Symlinks are followed only where they resolve
-    inside the root; folder symlinks are never followed.
+    inside the root; folder symlinks are never followed. Names that are not valid UTF-8
+    are refused (they cannot be recorded faithfully).
 
     Returns:
-        ``({document path relative to root: FolderScan}, [refused symlinks])``.
+        ``({document path relative to root: FolderScan}, {refused path: reason})``;
+        a refused path has undecodable bytes shown as ``\\xNN``.
     """
     documents: dict[str, FolderScan] = {}
-    refused: list[str] = []
+    refused: dict[str, str] = {}
     real_root = root.resolve()
     for folder, dirs, names in os.walk(root, followlinks=False):
-        dirs[:] = [d for d in dirs if accept.accepts(d)]
         rel_folder = Path(folder).relative_to(root).as_posix()
+        for name in [d for d in dirs if not _utf8(d)]:
+            refused[_shown(Path(folder, name).relative_to(root).as_posix())] = _NOT_UTF8
+        dirs[:] = [d for d in dirs if accept.accepts(d) and _utf8(d)]
         for name in names:
             if not accept.accepts(name):
                 continue
             path = Path(folder, name)
+            rel = path.relative_to(root).as_posix()
+            if not _utf8(name):
+                refused[_shown(rel)] = _NOT_UTF8
+                continue
             try:
                 info = path.stat() if not path.is_symlink() else _inside(path, real_root)
             except (FileNotFoundError, PermissionError):
                 continue
             if info is None:
-                refused.append(path.relative_to(root).as_posix())
+                refused[rel] = "a symlink that points outside the inbox; ignored"
                 continue
             if not stat.S_ISREG(info.st_mode):
                 continue
-            rel = path.relative_to(root).as_posix()
             if rel_folder == ".":
                 if name != accept.marker:
                     documents[rel] = FolderScan("file", {rel: (info.st_size, info.st_mtime_ns)})
@@ -118,10 +125,25 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], l
     return documents, refused
 
 
+_NOT_UTF8 = "the file name is not valid UTF-8; rename it to have it read"
+
+
 def _inside(link: Path, real_root: Path) -> os.stat_result | None:
     """Stat a symlink's target if it lies inside the root, else ``None``."""
     target = link.resolve()
     return target.stat() if target.is_relative_to(real_root) else None
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by os as surrogates
+        return False
+    return True
+
+
+def _shown(rel: str) -> str:
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
 def _hash(path: Path) -> str:
@@ -167,7 +189,6 @@ class Intake:
         self.store = store
         self.filter = InboxFilter(marker=settings.intake.completion_marker)
         self._seen: dict[Path, tuple[int, int, float]] = {}
-        self._refused: set[str] = set()
 
     def _stable(self, path: Path, size: int, mtime_ns: int, now: float) -> bool:
         seen = self._seen.get(path)
@@ -188,16 +209,10 @@ class Intake:
         for root in self.settings.folders.inbox:
             root.mkdir(parents=True, exist_ok=True)
             found, refused = await anyio.to_thread.run_sync(scan_root, root, self.filter)
-            for rel in set(refused) - self._refused:
-                log.warning("symlink_refused", path=rel, reason="points outside the inbox")
-                self.store.log(
-                    None,
-                    None,
-                    "warning",
-                    "symlink_refused",
-                    f"{rel}: symlink points outside the inbox; ignored",
-                )
-            self._refused |= set(refused)
+            for rel, reason in refused.items():
+                if self.store.document(str(root.resolve()), rel) is None:
+                    log.warning("file_refused", file=rel, reason=reason)
+                    self.store.refuse(str(root.resolve()), rel, reason)
             for rel, scan in sorted(found.items()):
                 present.update(root / f for f in scan.files)
                 with structlog.contextvars.bound_contextvars(document=rel):

@@ -123,7 +123,13 @@ def expand_pages(path: Path) -> list[PageSource]:
         with Image.open(path) as im:
             frames = getattr(im, "n_frames", 1)
             im.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        SyntaxError,
+    ) as exc:
         raise PageSourceError(path, None, f"not a readable image ({exc})") from exc
     return [PageSource(path, "image", i) for i in range(frames)]
 
@@ -267,7 +273,13 @@ def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> Non
             if not keep_jpeg:
                 stream = _lossless(upright)
             dpi = ocr.dpi if ocr is not None else file_dpi(im, default_dpi)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, EOFError) as exc:
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        OSError,
+        EOFError,
+    ) as exc:
         raise PageSourceError(source.path, source.index, f"not a readable image ({exc})") from exc
     if keep_jpeg:
         stream = source.path.read_bytes()

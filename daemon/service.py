@@ -21,6 +21,7 @@ import anyio
 import structlog
 
 from .config import Settings
+from .engine import limit_image_pixels
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
@@ -141,6 +142,7 @@ async def run_daemon(settings: Settings) -> None:
         StateDatabaseError: the state database is unusable.
         WorkerStartError, ModelError: the OCR workers cannot start.
     """
+    limit_image_pixels(settings.output.max_pixels)
     settings.folders.state.mkdir(parents=True, exist_ok=True)
     lock = InstanceLock(settings.folders.state / "daemon.lock")
     lock.acquire()

@@ -316,6 +316,26 @@ class Store:
         self.log(document.id, None, "info", "document_seen", f"{kind} {path}")
         return document
 
+    def refuse(self, root: str, path: str, reason: str) -> None:
+        """Record an inbox entry that is not taken at all (left in place), as a failed
+        document so that status shows why."""
+        now = time.time()
+        self.db.table("documents").insert(
+            {
+                "root": root,
+                "path": path,
+                "kind": "file",
+                "state": "failed",
+                "complete": 1,
+                "error": reason,
+                "created_at": now,
+                "updated_at": now,
+                "cleaned": 1,
+            },
+            ignore=True,
+        )
+        self.log(None, None, "error", "file_refused", f"{path}: {reason}")
+
     def documents(self, states: tuple[str, ...] | None = None) -> list[Document]:
         """All documents, or those in ``states``, oldest first."""
         sql = "SELECT * FROM documents"

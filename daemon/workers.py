@@ -416,7 +416,7 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
 
 def _worker_main(device: str, settings_json: str) -> int:
     """Body of a worker process: load the engine once, answer requests until EOF."""
-    from .engine import create_engine, load_page_image, make_result
+    from .engine import create_engine, limit_image_pixels, load_page_image, make_result
 
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # whatever PaddleOCR prints goes to stderr, not into the protocol
@@ -426,6 +426,7 @@ def _worker_main(device: str, settings_json: str) -> int:
 
     slot = DeviceSlot(device)
     settings = Settings.model_validate_json(settings_json)
+    limit_image_pixels(settings.output.max_pixels)
     try:
         engine = create_engine(settings, slot.engine_device)
     except Exception as exc:  # any load failure is reported, not raised

@@ -1,0 +1,156 @@
+"""Benchmark: pages/s through the whole daemon against the bare engine loop.
+
+Prints, measured in one run on the same pages and settings (1 CPU worker, 2 threads):
+
+- pages/s of the bare in-process engine loop and of the daemon (drop to published PDF,
+  model loading excluded), and their ratio (target >= 0.9 on 2 cores);
+- seconds from the completion marker to the published PDF for a 100-page document
+  whose pages are already OCR'd (target < 2 s);
+- peak RSS of the daemon and of its worker.
+
+Usage: ``python bench/daemon.py [--pages N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pymupdf
+
+# Run as a script, this file's folder comes first on sys.path and its name would shadow
+# the `daemon` package: take the folder off.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def make_pages(folder: Path, count: int) -> list[Path]:
+    """Render corpus PDF pages at 200 dpi into PNG scans named scan1.png ... scanN.png."""
+    folder.mkdir(parents=True)
+    sources = [(CORPUS / "pdf/multipage.pdf", i) for i in range(6)]
+    sources += [(CORPUS / "pdf/ccitt.pdf", 0), (CORPUS / "pdf/francais.pdf", 0)]
+    pages = []
+    for n in range(count):
+        path, index = sources[n % len(sources)]
+        with pymupdf.open(path) as doc:
+            pix = doc[index].get_pixmap(dpi=200 + n // len(sources))  # distinct content
+        pages.append(folder / f"scan{n + 1}.png")
+        pix.save(pages[-1])
+    return pages
+
+
+def bare_loop(settings, pages: list[Path]) -> float:
+    """Seconds for one in-process engine to read the pages (after loading and warm-up)."""
+    from daemon.engine import PaddleEngine, load_page_image, make_result
+
+    os.environ["PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK"] = "True"
+    engine = PaddleEngine(settings, "cpu")
+    engine.recognize(load_page_image(pages[0]))
+    started = time.perf_counter()
+    for page in pages:
+        image = load_page_image(page)
+        make_result(image, engine.recognize(image))
+    return time.perf_counter() - started
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (``VmHWM``) of a live process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children(pid: int) -> list[int]:
+    """Direct child pids of a process."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(what)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=16, help="pages for the throughput run")
+    count = parser.parse_args().pages
+    from daemon.config import Settings
+    from daemon.logs import configure_logging
+
+    configure_logging(level="warning")
+    home = Path(tempfile.mkdtemp(prefix="scanhopper-bench-daemon-"))
+    state, inbox, outbox = home / "state", home / "inbox", home / "outbox"
+    settings = Settings.model_validate({
+        "folders": {"inbox": [str(inbox)], "outbox": str(outbox), "state": str(state)},
+        "intake": {"stable_seconds": 0.2},
+        "ocr": {"cpu_threads": 2}, "workers": {"devices": ["cpu"]},
+    })
+    pages = make_pages(home / "scans", count)
+    bare = bare_loop(settings, pages)
+
+    config = home / "scanhopper.toml"
+    config.write_text(
+        f'[folders]\ninbox = ["{inbox}"]\noutbox = "{outbox}"\nstate = "{state}"\n'
+        "[intake]\nstable_seconds = 0.2\n[ocr]\ncpu_threads = 2\n"
+    )
+    log = (home / "daemon.log").open("w")
+    daemon = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(config), "run"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "daemon_ready" in (home / "daemon.log").read_text(), 300, "ready")
+        started = time.perf_counter()
+        shutil.copytree(home / "scans", inbox / "book")
+        (inbox / "book" / ".complete").touch()
+        wait_for((outbox / "book.pdf").exists, 3600, "book published")
+        through = time.perf_counter() - started
+
+        # 100 pages whose content was OCR'd above: results are reused by content hash.
+        big = inbox / "reprint"
+        big.mkdir()
+        for n in range(100):
+            shutil.copy(pages[n % len(pages)], big / f"p{n + 1}.png")
+        db = state / "state.db"
+
+        def all_done() -> bool:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                row = conn.execute("SELECT pages_done, pages_total FROM document_status "
+                                   "WHERE path = 'reprint'").fetchone()
+            return row == (100, 100)
+
+        wait_for(all_done, 600, "reprint pages recorded")
+        started = time.perf_counter()
+        (big / ".complete").touch()
+        wait_for((outbox / "reprint.pdf").exists, 120, "reprint published")
+        publish = time.perf_counter() - started
+        rss_daemon = peak_rss_mb(daemon.pid)
+        rss_workers = [peak_rss_mb(pid) for pid in children(daemon.pid)]
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=120)
+        log.close()
+    print(f"pages: {count} rendered corpus pages (200 dpi), 1 CPU worker x 2 threads")
+    print(f"bare engine loop      : {count / bare:6.3f} pages/s")
+    print(f"daemon, drop to PDF   : {count / through:6.3f} pages/s  ratio {bare / through:.3f}")
+    print(f"marker to PDF, 100 already-read pages: {publish:.2f} s")
+    print(f"peak RSS: daemon {rss_daemon:.0f} MB, workers "
+          + json.dumps([round(r) for r in rss_workers]) + " MB")
+
+
+if __name__ == "__main__":
+    main()
