@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -261,18 +262,26 @@ def _add_text_layer(page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix)
 
 
 def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> None:
-    """Add an image page: its size from pixels and DPI, the scan's bytes kept."""
+    """Add an image page: its size from pixels and DPI, the scan's bytes kept.
+
+    A JPEG keeps its bytes (DCTDecode), a PNG its compressed image data (FlateDecode
+    with PNG predictors); their EXIF rotation is applied by placement. Anything else
+    (TIFF frames, BMP, WebP, mirrored orientations, PNG with alpha or interlacing) is
+    turned upright and stored losslessly.
+    """
     source, ocr = item.source, item.ocr
     try:
         with Image.open(source.path) as im:
             im.seek(source.index)
             orientation = im.getexif().get(274, 1)
-            keep_jpeg = im.format == "JPEG" and orientation in _EXIF_ROTATION
-            upright = im if keep_jpeg else ImageOps.exif_transpose(im)
+            kept = im.format in ("JPEG", "PNG") and orientation in _EXIF_ROTATION
             width, height = im.size[::-1] if orientation in (6, 8) else im.size
-            if not keep_jpeg:
-                stream = _lossless(upright)
             dpi = ocr.dpi if ocr is not None else file_dpi(im, default_dpi)
+            data = source.path.read_bytes() if kept else None
+            xref = _png_image(doc, data) if kept and im.format == "PNG" else 0
+            if xref is None:  # a PNG that PDF cannot carry as it is
+                kept, data, xref = False, None, 0
+            stream = data if kept else _lossless(ImageOps.exif_transpose(im))
     except (
         UnidentifiedImageError,
         Image.DecompressionBombError,
@@ -281,17 +290,58 @@ def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> Non
         EOFError,
     ) as exc:
         raise PageSourceError(source.path, source.index, f"not a readable image ({exc})") from exc
-    if keep_jpeg:
-        stream = source.path.read_bytes()
     page = doc.new_page(width=width * 72.0 / dpi, height=height * 72.0 / dpi)
     page.insert_image(
         page.rect,
-        stream=stream,
-        rotate=_EXIF_ROTATION[orientation] if keep_jpeg else 0,
+        stream=None if xref else stream,
+        xref=xref,
+        rotate=_EXIF_ROTATION[orientation] if kept else 0,
         keep_proportion=False,
     )
     if ocr is not None:
         _add_text_layer(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
+
+
+def _png_image(doc: pymupdf.Document, data: bytes) -> int | None:
+    """Embed a PNG's compressed data as an image XObject without re-encoding it.
+
+    PDF's FlateDecode filter with PNG predictors (``/Predictor 15``: PDF 1.7, 7.4.4.4)
+    reads the concatenated IDAT chunks as they are (as img2pdf does). Possible for
+    non-interlaced grey, RGB and palette images without transparency (PNG spec,
+    11.2.2 IHDR, 11.3.2 tRNS).
+
+    Returns:
+        The new image's xref, or ``None`` when the PNG has to be re-encoded.
+    """
+    chunks: dict[bytes, list[bytes]] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.setdefault(data[pos + 4 : pos + 8], []).append(data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
+    if interlace or color not in (0, 2, 3) or b"tRNS" in chunks or b"IDAT" not in chunks:
+        return None
+    if color == 3:
+        palette = chunks[b"PLTE"][0]
+        space = f"[/Indexed /DeviceRGB {len(palette) // 3 - 1} <{palette.hex()}>]"
+    else:
+        space = "/DeviceGray" if color == 0 else "/DeviceRGB"
+    colors = 3 if color == 2 else 1
+    xref = doc.get_new_xref()
+    doc.update_object(
+        xref,
+        f"<</Type/XObject/Subtype/Image/Width {width}/Height {height}/ColorSpace {space}"
+        f"/BitsPerComponent {depth}>>",
+    )
+    doc.update_stream(xref, b"".join(chunks[b"IDAT"]), compress=0)
+    doc.xref_set_key(xref, "Filter", "/FlateDecode")
+    doc.xref_set_key(
+        xref,
+        "DecodeParms",
+        f"<</Predictor 15/Colors {colors}/BitsPerComponent {depth}/Columns {width}>>",
+    )
+    return xref
 
 
 def _lossless(im: Image.Image) -> bytes:

@@ -18,7 +18,8 @@ def _render(pdf, index: int, dest, dpi: int) -> None:
 
 def test_the_daemon_turns_corpus_scans_into_searchable_pdfs(tmp_path, corpus, shared_state):
     daemon = Daemon(
-        tmp_path, engine="onnxruntime",
+        tmp_path,
+        engine="onnxruntime",
         extra='devices = ["cpu", "cpu"]\n',
     )
     shutil.copytree(shared_state / "models", daemon.state / "models")  # assembled once
@@ -35,9 +36,9 @@ def test_the_daemon_turns_corpus_scans_into_searchable_pdfs(tmp_path, corpus, sh
         daemon.command("complete", str(book))
         daemon.command("complete", str(daemon.inbox / "poster"))
         daemon.wait_for(
-            lambda: daemon.states() == {"book": "done", "poster": "done",
-                                        "multipage.pdf": "done"},
-            timeout=600, what="all three documents published",
+            lambda: daemon.states() == {"book": "done", "poster": "done", "multipage.pdf": "done"},
+            timeout=600,
+            what="all three documents published",
         )
     finally:
         assert daemon.stop() == 0
@@ -50,8 +51,10 @@ def test_the_daemon_turns_corpus_scans_into_searchable_pdfs(tmp_path, corpus, sh
     assert "tip-toeing" in texts[2]
     with pymupdf.open(daemon.outbox / "poster.pdf") as doc:
         assert doc.page_count == 1 and "正品促销" in doc[0].get_text()
-    with pymupdf.open(daemon.outbox / "multipage.pdf") as doc, \
-            pymupdf.open(corpus / "pdf/multipage.pdf") as source:
+    with (
+        pymupdf.open(daemon.outbox / "multipage.pdf") as doc,
+        pymupdf.open(corpus / "pdf/multipage.pdf") as source,
+    ):
         assert doc.page_count == 6
         for index, page in enumerate(doc):
             assert page.get_images(full=True)[0][2:4] == source[index].get_images(full=True)[0][2:4]

@@ -210,6 +210,28 @@ def test_a_jpeg_page_keeps_the_source_jpeg_bytes(corpus, ocr_of, tmp_path):
             assert doc.xref_stream_raw(image[0]) == (corpus / name).read_bytes()
 
 
+def test_a_png_page_keeps_its_compressed_data_and_pixels(corpus, tmp_path):
+    import numpy as np
+
+    for name in ("typewriter.png", "baiona.png", "crom.png"):  # palette 1-bit, RGB, grey
+        path = corpus / "images" / name
+        assemble_pdf([PdfPage(PageSource(path, "image"), None)], tmp_path / "out.pdf", title="p")
+        data = path.read_bytes()
+        idat, pos = b"", 8
+        while pos < len(data):
+            length = int.from_bytes(data[pos : pos + 4], "big")
+            if data[pos + 4 : pos + 8] == b"IDAT":
+                idat += data[pos + 8 : pos + 8 + length]
+            pos += 12 + length
+        with pymupdf.open(tmp_path / "out.pdf") as doc, Image.open(path) as im:
+            (image,) = doc[0].get_images()
+            assert doc.xref_stream_raw(image[0]) == idat
+            pix = pymupdf.Pixmap(doc, image[0])
+            shown = np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, pix.n)
+            expected = np.asarray(im.convert("RGB" if pix.n == 3 else "L"))
+            assert np.array_equal(shown.reshape(expected.shape), expected)
+
+
 def test_the_exif_orientation_is_applied_so_the_page_is_upright(corpus, ocr_of, tmp_path):
     name = "images/img_exif_orientation.jpg"
     pdf, pages = _build(corpus, ocr_of, name, tmp_path / "out.pdf")
