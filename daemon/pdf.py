@@ -7,6 +7,7 @@ space (origin top-left of the unrotated page, y downwards).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import struct
@@ -213,52 +214,64 @@ def prepare_page(
     return dest, 0
 
 
-def _fit_line(
-    line: TextLine, to_page: pymupdf.Matrix
-) -> tuple[pymupdf.Point, float, pymupdf.Matrix]:
-    """Place one text line on its polygon.
+@functools.cache
+def _glyph(char: str) -> tuple[int, float]:
+    """The font's glyph id for a character (0: none) and its advance width in em."""
+    return _FONT.has_glyph(ord(char)), _FONT.glyph_advance(ord(char))
+
+
+def _line_operators(line: TextLine, to_pdf: pymupdf.Matrix) -> str:
+    """PDF operators that show one text line invisibly, fitted to its polygon.
 
     Font size from the line height (the font's ascender-to-descender box equals the
-    polygon's height), horizontal scale to the polygon's width, rotation from its top
-    edge; the baseline starts one ascender below the top-left corner.
+    polygon's height), horizontal scale to the polygon's width, direction from its top
+    edge; the baseline starts one ascender below the top-left corner. The text matrix
+    (PDF 1.7, 9.4.2) carries scale and direction; glyphs are 2-byte ids (Identity-H).
 
-    Returns:
-        ``(baseline origin, font size in points, morph matrix about the origin)``.
+    Args:
+        line: Polygon in OCR pixels.
+        to_pdf: OCR pixels -> PDF user space (points, y upwards).
     """
-    p0, p1, p2, p3 = (pymupdf.Point(x, y) * to_page for x, y in line.polygon)
-    top = p1 - p0
+    p0, p1, p2, p3 = (pymupdf.Point(x, y) * to_pdf for x, y in line.polygon)
     width = (abs(p1 - p0) + abs(p2 - p3)) / 2
     height = (abs(p3 - p0) + abs(p2 - p1)) / 2
-    angle = math.atan2(top.y, top.x)
-    down = pymupdf.Point(-math.sin(angle), math.cos(angle))
-    fontsize = max(height / (_FONT.ascender - _FONT.descender), 0.5)
-    origin = p0 + down * (_FONT.ascender * fontsize)
-    natural = _FONT.text_length(line.text, fontsize=fontsize)
+    if width <= 0 or height <= 0:
+        return ""
+    along = (p1 - p0) / abs(p1 - p0) if abs(p1 - p0) > 0 else pymupdf.Point(1, 0)
+    up = pymupdf.Point(-along.y, along.x)  # y-up space: a quarter turn anticlockwise
+    fontsize = height / (_FONT.ascender - _FONT.descender)
+    origin = p0 - up * (_FONT.ascender * fontsize)
+    glyphs = [_glyph(c) for c in line.text]
+    natural = sum(advance for _, advance in glyphs) * fontsize
     scale = width / natural if natural > 0 else 1.0
-    # Row-vector convention: scale along the baseline first, then rotate. PyMuPDF's
-    # Matrix(deg) turns counter-clockwise on a y-up page, i.e. -angle here (y down).
-    morph = pymupdf.Matrix(scale, 0, 0, 1, 0, 0) * pymupdf.Matrix(-math.degrees(angle))
-    return origin, fontsize, morph
+    matrix = (along.x * scale, along.y * scale, up.x, up.y, origin.x, origin.y)
+    codes = "".join(f"{gid:04x}" for gid, _ in glyphs)
+    return (
+        f"BT /{_FONT_NAME} {fontsize:.3f} Tf 3 Tr "
+        + " ".join(f"{v:.4f}" for v in matrix)
+        + f" Tm <{codes}> Tj ET\n"
+    )
 
 
 def _add_text_layer(page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
-    """Write every OCR line as invisible text (render mode 3) in one content stream."""
+    """Write every OCR line as invisible text (render mode 3) in one content stream,
+    drawn after the page's own content (which is wrapped in ``q``/``Q`` first).
+
+    Args:
+        to_page: OCR pixels -> PyMuPDF page space (unrotated, y downwards).
+    """
     if not ocr.lines:
         return
     page.insert_font(fontname=_FONT_NAME, fontbuffer=_FONT.buffer)
-    shape = page.new_shape()
-    for index in reading_order(ocr.lines):
-        line = ocr.lines[index]
-        origin, fontsize, morph = _fit_line(line, to_page)
-        shape.insert_text(
-            origin,
-            line.text,
-            fontsize=fontsize,
-            fontname=_FONT_NAME,
-            render_mode=3,
-            morph=(origin, morph),
-        )
-    shape.commit(overlay=True)
+    to_pdf = to_page * ~page.transformation_matrix
+    body = "".join(_line_operators(ocr.lines[i], to_pdf) for i in reading_order(ocr.lines))
+    doc = page.parent
+    page.wrap_contents()
+    xref = doc.get_new_xref()
+    doc.update_object(xref, "<<>>")
+    doc.update_stream(xref, body.encode("ascii"))
+    contents = [*page.get_contents(), xref]
+    doc.xref_set_key(page.xref, "Contents", "[" + " ".join(f"{x} 0 R" for x in contents) + "]")
 
 
 def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> None:
@@ -273,12 +286,16 @@ def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> Non
     try:
         with Image.open(source.path) as im:
             im.seek(source.index)
-            orientation = im.getexif().get(274, 1)
+            chunks = _png_chunks(source.path.read_bytes()) if im.format == "PNG" else {}
+            # Pillow finds a PNG's EXIF only by decoding the whole image: skip that when
+            # the file has no eXIf chunk.
+            has_exif = im.format != "PNG" or b"eXIf" in chunks
+            orientation = im.getexif().get(274, 1) if has_exif else 1
             kept = im.format in ("JPEG", "PNG") and orientation in _EXIF_ROTATION
             width, height = im.size[::-1] if orientation in (6, 8) else im.size
             dpi = ocr.dpi if ocr is not None else file_dpi(im, default_dpi)
-            data = source.path.read_bytes() if kept else None
-            xref = _png_image(doc, data) if kept and im.format == "PNG" else 0
+            data = source.path.read_bytes() if kept and im.format == "JPEG" else None
+            xref = _png_image(doc, chunks) if kept and im.format == "PNG" else 0
             if xref is None:  # a PNG that PDF cannot carry as it is
                 kept, data, xref = False, None, 0
             stream = data if kept else _lossless(ImageOps.exif_transpose(im))
@@ -302,7 +319,18 @@ def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> Non
         _add_text_layer(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
 
 
-def _png_image(doc: pymupdf.Document, data: bytes) -> int | None:
+def _png_chunks(data: bytes) -> dict[bytes, list[bytes]]:
+    """A PNG file's chunks by type, in file order (PNG spec, 5.3)."""
+    chunks: dict[bytes, list[bytes]] = {}
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.setdefault(data[pos + 4 : pos + 8], []).append(data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return chunks
+
+
+def _png_image(doc: pymupdf.Document, chunks: dict[bytes, list[bytes]]) -> int | None:
     """Embed a PNG's compressed data as an image XObject without re-encoding it.
 
     PDF's FlateDecode filter with PNG predictors (``/Predictor 15``: PDF 1.7, 7.4.4.4)
@@ -313,12 +341,6 @@ def _png_image(doc: pymupdf.Document, data: bytes) -> int | None:
     Returns:
         The new image's xref, or ``None`` when the PNG has to be re-encoded.
     """
-    chunks: dict[bytes, list[bytes]] = {}
-    pos = 8
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        chunks.setdefault(data[pos + 4 : pos + 8], []).append(data[pos + 8 : pos + 8 + length])
-        pos += 12 + length
     width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"][0])
     if interlace or color not in (0, 2, 3) or b"tRNS" in chunks or b"IDAT" not in chunks:
         return None

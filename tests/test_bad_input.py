@@ -1,0 +1,313 @@
+"""Bad input: each case gets a clear error in status, a known fate, and the daemon goes on."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import anyio
+import pymupdf
+import pytest
+from harness import Daemon
+from PIL import Image
+
+from daemon.config import Settings
+from daemon.finalize import Finalizer, OutsideOutboxError, output_path
+from daemon.store import Document, Store
+
+
+def _png(path: Path, seed: int = 0, size=(120, 80)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.new("RGB", size, "white")
+    image.putpixel((seed % size[0], seed // size[0] % size[1]), (0, 0, 0))
+    image.save(path, format="PNG")
+    return path
+
+
+def _bomb_png(path: Path) -> None:
+    """A valid PNG header claiming 100000 x 100000 pixels (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+    data += struct.pack(">I", zlib.crc32(chunk)) + struct.pack(">I", 0) + b"IEND"
+    path.write_bytes(data + struct.pack(">I", zlib.crc32(b"IEND")))
+
+
+def _encrypted_pdf(path: Path) -> None:
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "secret")
+    doc.save(path, encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o")
+
+
+ZERO_PAGE_PDF = (
+    b"%PDF-1.4\n1 0 obj <</Type /Catalog /Pages 2 0 R>> endobj\n"
+    b"2 0 obj <</Type /Pages /Kids [] /Count 0>> endobj\n"
+    b"trailer <</Root 1 0 R /Size 3>>\n%%EOF\n"
+)
+
+# name -> (expected state, error text, fate: "failed" folder, "kept" in place, "published")
+LOOSE_CASES = {
+    "empty.png": ("failed", "not a readable image", "failed"),
+    "truncated.jpg": ("failed", "truncated", "failed"),
+    "truncated.png": ("failed", "not a readable image", "failed"),
+    "random.jpg": ("failed", "cannot identify image file", "failed"),
+    "invalid.pdf": ("failed", "not a readable PDF", "failed"),
+    "encrypted.pdf": ("failed", "the PDF is encrypted and needs a password", "failed"),
+    "zero-pages.pdf": ("failed", "PDF", "failed"),
+    "empty.pdf": ("failed", "not a readable PDF", "failed"),
+    "bomb.png": ("failed", "decompression bomb", "failed"),
+    "notes.docx": ("failed", "unsupported file type '.docx'", "failed"),
+    "readme.txt": ("failed", "unsupported file type '.txt'", "failed"),
+    "anim.gif": ("failed", "unsupported file type '.gif'", "failed"),
+    "mislabelled.jpg": ("done", None, "published"),
+    "a" * 240 + ".png": ("done", None, "published"),
+    "dup1.png": ("done", None, "published"),
+    "dup2.png": ("done", None, "published"),
+}
+
+
+def _drop_cases(inbox: Path, corpus: Path) -> None:
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / "empty.png").write_bytes(b"")
+    (inbox / "truncated.jpg").write_bytes((corpus / "images/ch_en_num.jpg").read_bytes()[:3000])
+    (inbox / "truncated.png").write_bytes((corpus / "images/baiona.png").read_bytes()[:3000])
+    (inbox / "random.jpg").write_bytes(os.urandom(5000))
+    shutil.copy(corpus / "bad/invalid.pdf", inbox / "invalid.pdf")
+    _encrypted_pdf(inbox / "encrypted.pdf")
+    (inbox / "zero-pages.pdf").write_bytes(ZERO_PAGE_PDF)
+    (inbox / "empty.pdf").write_bytes(b"")
+    _bomb_png(inbox / "bomb.png")
+    (inbox / "notes.docx").write_bytes(b"PK\x03\x04" + os.urandom(100))
+    (inbox / "readme.txt").write_text("not a scan")
+    Image.new("RGB", (10, 10)).save(inbox / "anim.gif")
+    _png(inbox / "mislabelled.jpg", seed=5)  # PNG data under a .jpg name: still read
+    _png(inbox / ("a" * 240 + ".png"), seed=6)
+    _png(inbox / "dup1.png", seed=7)
+    shutil.copy(inbox / "dup1.png", inbox / "dup2.png")
+    # Folders.
+    (inbox / "empty-folder").mkdir()
+    (inbox / "empty-folder" / ".complete").touch()
+    _png(inbox / "mixed" / "p1.png", seed=8)
+    (inbox / "mixed" / "p2.jpg").write_bytes(os.urandom(3000))
+    (inbox / "mixed" / ".complete").touch()
+    os.symlink(corpus / "images/crom.png", inbox / "escape.png")
+    os.symlink("dup1.png", inbox / "inside-link.png")  # inside the inbox: taken
+    (Path(os.fsencode(inbox) + b"/caf\xe9.png")).write_bytes((inbox / "dup1.png").read_bytes())
+
+
+def test_bad_input_is_reported_and_set_aside_while_good_input_goes_on(tmp_path, corpus):
+    daemon = Daemon(tmp_path)
+    _drop_cases(daemon.inbox, corpus)
+    daemon.start()
+    try:
+        daemon.wait_for(
+            lambda: (
+                len(daemon.states()) >= len(LOOSE_CASES) + 5
+                and all(
+                    s in ("done", "done_with_errors", "failed") for s in daemon.states().values()
+                )
+            ),
+            timeout=180,
+            what="every case settled",
+        )
+        _png(daemon.inbox / "late" / "q1.png", seed=9)  # the daemon still serves
+        daemon.command("complete", str(daemon.inbox / "late"))
+        daemon.wait_for(lambda: daemon.states().get("late") == "done", what="late document")
+        rows = {row["path"]: row for row in daemon.status()}
+    finally:
+        assert daemon.stop() == 0
+
+    failed_dir = tmp_path / "failed"
+    for name, (state, error, fate) in LOOSE_CASES.items():
+        row = rows[name]
+        assert row["state"] == state, (name, row)
+        if error:
+            assert error in row["error"], (name, row["error"])
+            assert name in (failed_dir / f"{name}.reason.txt").read_text()
+        if fate == "failed":
+            assert (failed_dir / name).exists() and not (daemon.inbox / name).exists(), name
+        if fate == "published":
+            assert (daemon.outbox / (Path(name).stem + ".pdf")).exists(), name
+            assert (daemon.inbox / name).exists(), name
+    assert sorted(daemon.engine_done()).count("dup1.png") == 1  # dup2 reused its OCR
+    assert "dup2.png" not in daemon.engine_done()
+    assert rows["empty-folder"]["state"] == "failed"
+    assert rows["empty-folder"]["error"] == "the folder holds no pages"
+    assert rows["mixed"]["state"] == "done_with_errors"
+    assert "mixed/p2.jpg page 1: not a readable image" in rows["mixed"]["error"]
+    assert (daemon.inbox / "mixed" / "p2.jpg").exists()  # left in place, recorded
+    with pymupdf.open(daemon.outbox / "mixed.pdf") as doc:
+        assert doc.page_count == 1
+    assert rows["escape.png"]["state"] == "failed"
+    assert "symlink that points outside the inbox" in rows["escape.png"]["error"]
+    assert not (daemon.outbox / "escape.pdf").exists()
+    assert rows["inside-link.png"]["state"] == "done"
+    assert rows["caf\\xe9.png"]["state"] == "failed"
+    assert "not valid UTF-8" in rows["caf\\xe9.png"]["error"]
+    assert os.path.exists(os.fsencode(daemon.inbox) + b"/caf\xe9.png")
+    assert list(daemon.outbox.rglob(".*")) == []  # no temp files left behind
+
+
+def test_a_file_still_being_written_is_taken_once_it_stops_growing(tmp_path):
+    daemon = Daemon(tmp_path)
+    daemon.config.write_text(
+        daemon.config.read_text().replace("stable_seconds = 0.3", "stable_seconds = 1.5")
+    )
+    daemon.start()
+    try:
+        daemon.wait_for(lambda: (daemon.state / "state.db").exists())
+        data = _png(tmp_path / "src.png", seed=3, size=(400, 300)).read_bytes()
+        target = daemon.inbox / "growing.png"
+        with target.open("wb") as f:
+            for start in range(0, len(data), len(data) // 4 + 1):
+                f.write(data[start : start + len(data) // 4 + 1])
+                f.flush()
+                time.sleep(0.5)
+        daemon.wait_for(lambda: daemon.states().get("growing.png") == "done")
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.engine_done() == ["growing.png"]  # read once, whole
+
+
+def test_a_file_deleted_after_it_was_seen_is_forgotten(tmp_path):
+    daemon = Daemon(tmp_path)
+    _png(daemon.inbox / "vanish" / "a.png", seed=1)
+    _png(daemon.inbox / "vanish" / "b.png", seed=2)
+    daemon.start()
+    try:
+        daemon.wait_for(lambda: [r for r in daemon.status() if r["pages_total"] == 2])
+        (daemon.inbox / "vanish" / "b.png").unlink()
+        daemon.wait_for(lambda: [r for r in daemon.status() if r["pages_total"] == 1])
+        daemon.command("complete", str(daemon.inbox / "vanish"))
+        daemon.wait_for(lambda: daemon.states().get("vanish") == "done")
+    finally:
+        assert daemon.stop() == 0
+    with pymupdf.open(daemon.outbox / "vanish.pdf") as doc:
+        assert [p.get_text().strip() for p in doc] == ["a"]
+
+
+def test_a_corrupt_state_database_stops_the_daemon_and_is_left_alone(tmp_path):
+    daemon = Daemon(tmp_path)
+    daemon.state.mkdir(parents=True)
+    junk = b"SQLite format 3\x00" + os.urandom(4096)
+    (daemon.state / "state.db").write_bytes(junk)
+    done = daemon.command("run", check=False)
+    assert done.returncode == 5
+    assert "state database" in done.stderr and "state.db" in done.stderr
+    assert (daemon.state / "state.db").read_bytes() == junk
+
+
+def test_hugemono_is_rasterised_within_the_pixel_cap(corpus, tmp_path):
+    """A 35000 x 35000 px page renders at a lower DPI in a child process whose memory
+    is capped at 1.5 GB (an OOM would kill it)."""
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))\n"
+        "from pathlib import Path\n"
+        "from daemon.pdf import PageSource, render_page\n"
+        f"dpi = render_page(PageSource(Path({str(corpus / 'pdf/hugemono.pdf')!r}), 'pdf', 0),"
+        f" Path({str(tmp_path / 'page.png')!r}), dpi=300, max_pixels=50_000_000)\n"
+        "print(dpi)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dpi = float(done.stdout.split()[-1])
+    assert dpi < 300
+    with Image.open(tmp_path / "page.png") as im:
+        assert im.size[0] * im.size[1] <= 50_000_000
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path, monkeypatch, code):
+    settings = Settings.model_validate(
+        {
+            "folders": {
+                "inbox": [str(tmp_path / "inbox")],
+                "outbox": str(tmp_path / "outbox"),
+                "state": str(tmp_path / "state"),
+            }
+        }
+    )
+    _png(tmp_path / "inbox" / "doc" / "p1.png")
+    store = Store.open(settings.database)
+    root = str((tmp_path / "inbox").resolve())
+    document = store.add_document(root, "doc", "folder")
+    store.add_file(
+        document.id, "doc/p1.png", kind="image", pages=1, size=1, mtime_ns=1, content_hash="x"
+    )
+    (page,) = store.pages(document.id)
+    store.page_done(page.id, {"width": 120, "height": 80, "dpi": 300.0, "lines": []}, 0.1)
+    store.mark_complete(document.id)
+    finalizer = Finalizer(settings, store)
+    real = Finalizer._write
+    calls = []
+
+    def full_once(self, doc, pages):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(code, os.strerror(code))
+        return real(self, doc, pages)
+
+    monkeypatch.setattr(Finalizer, "_write", full_once)
+    anyio.run(finalizer.publish, store.documents_to_publish()[0])
+    after_failure = store.document_by_id(document.id)
+    assert after_failure.state == "complete"
+    assert os.strerror(code) in after_failure.error
+    assert not (tmp_path / "outbox" / "doc.pdf").exists()
+    anyio.run(finalizer.publish, store.documents_to_publish()[0])
+    assert store.document_by_id(document.id).state == "done"
+    assert (tmp_path / "outbox" / "doc.pdf").exists()
+
+
+def test_a_document_path_that_would_leave_the_outbox_is_refused(tmp_path):
+    settings = Settings.model_validate({"folders": {"outbox": str(tmp_path / "outbox")}})
+    for path in ("../../etc/evil", "/etc/evil"):
+        document = Document(
+            1, str(tmp_path), path, "folder", "complete", True, 0, None, None, 0.0, True
+        )
+        with pytest.raises(OutsideOutboxError):
+            output_path(settings, document)
+
+
+def test_files_written_follow_the_umask_and_the_database_is_private(tmp_path):
+    daemon = Daemon(tmp_path)
+    _png(daemon.inbox / "perm.png")
+    old = os.umask(0o027)
+    try:
+        daemon.start()
+        daemon.wait_for(lambda: daemon.states().get("perm.png") == "done")
+        assert daemon.stop() == 0
+    finally:
+        os.umask(old)
+    assert (daemon.outbox / "perm.pdf").stat().st_mode & 0o777 == 0o640
+    for name in ("state.db", "daemon.lock"):
+        assert (daemon.state / name).stat().st_mode & 0o077 == 0, name
+
+
+def test_no_subprocess_is_started_through_a_shell():
+    package = Path(__file__).resolve().parents[1] / "daemon"
+    source = "\n".join(p.read_text() for p in package.glob("*.py"))
+    assert "shell=True" not in source
+    assert "os.system(" not in source and "os.popen(" not in source
+    assert "create_subprocess_shell" not in source
+
+
+def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
+    daemon = Daemon(tmp_path)
+    daemon.start()
+    daemon.wait_for(lambda: "worker_ready" in daemon.tail())
+    import psutil
+
+    workers = psutil.Process(daemon.process.pid).children(recursive=True)
+    assert workers
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
