@@ -8,41 +8,16 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from enum import IntEnum
 from pathlib import Path
 
 import anyio
-import structlog
 
 from . import __version__
-from .config import ConfigError, Settings, load_settings
-from .engine import OcrResult
-from .layout import reading_order
+from .config import Settings, load_settings
+from .errors import ExitCode, ScanhopperError
 from .logs import configure_logging
-from .models import ModelError, list_models
-from .pdf import PageSource, PageSourceError, expand_pages, prepare_page
-from .service import request_retry, run_daemon
-from .status import document_pages, render_table, status_rows
-from .store import AlreadyRunningError, StateDatabaseError
-from .workers import PageFailedError, WorkerPool, WorkerStartError, open_worker_pool
 
-__all__ = ["ExitCode", "main", "run"]
-
-log = structlog.get_logger(__name__)
-
-
-class ExitCode(IntEnum):
-    """Process exit codes (the numbering follows OCRmyPDF's ``ExitCode``)."""
-
-    ok = 0
-    bad_args = 1
-    input_file = 2
-    file_access_error = 5
-    already_running = 6
-    child_process_error = 7
-    invalid_config = 9
-    other_error = 15
-    ctrl_c = 130
+__all__ = ["main", "run"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _ocr_files(settings: Settings, files: Sequence[Path], as_json: bool) -> ExitCode:
     """OCR every page of ``files`` through the worker pool and print the results."""
+    from .engine import OcrResult
+    from .layout import reading_order
+    from .pdf import PageSource, PageSourceError, expand_pages, prepare_page
+    from .workers import PageFailedError, WorkerPool, open_worker_pool
+
     sources: list[PageSource] = []
     unreadable: list[PageSourceError] = []
     for path in files:
@@ -123,6 +103,8 @@ async def _ocr_files(settings: Settings, files: Sequence[Path], as_json: bool) -
 
 
 def _models(settings: Settings) -> ExitCode:
+    from .models import list_models
+
     ocr = settings.ocr
     configured = {
         "det": (ocr.det_model, ocr.det_model_dir),
@@ -148,6 +130,8 @@ def _models(settings: Settings) -> ExitCode:
 
 
 def _status(settings: Settings, path: str | None, as_json: bool) -> ExitCode:
+    from .status import document_pages, render_table, status_rows
+
     if path is not None:
         rows = document_pages(settings, path)
         columns = ["file", "page", "state", "attempts", "device", "seconds", "error"]
@@ -181,6 +165,8 @@ def _command(settings: Settings, options: argparse.Namespace) -> ExitCode:
     if options.command == "models":
         return _models(settings)
     if options.command == "run":
+        from .service import run_daemon
+
         anyio.run(run_daemon, settings)
         return ExitCode.ok
     if options.command == "status":
@@ -188,6 +174,8 @@ def _command(settings: Settings, options: argparse.Namespace) -> ExitCode:
     if options.command == "complete":
         return _complete(settings, options.path)
     if options.command == "retry":
+        from .service import request_retry
+
         written = request_retry(settings, None if options.failed else options.path)
         print(f"retry requested ({written.name}); the daemon picks it up within seconds")
         return ExitCode.ok
@@ -207,24 +195,12 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     try:
         settings = load_settings(options.config or _default_config())
         return _command(settings, options)
-    except ConfigError as exc:
-        print(f"scanhopper: configuration error: {exc}", file=sys.stderr)
-        return ExitCode.invalid_config
+    except ScanhopperError as exc:
+        print(f"scanhopper: {exc}", file=sys.stderr)
+        return exc.exit_code
     except FileNotFoundError as exc:
         print(f"scanhopper: {exc}", file=sys.stderr)
         return ExitCode.input_file
-    except (ModelError, WorkerStartError) as exc:
-        print(f"scanhopper: {exc}", file=sys.stderr)
-        return ExitCode.child_process_error
-    except AlreadyRunningError as exc:
-        print(f"scanhopper: {exc}", file=sys.stderr)
-        return ExitCode.already_running
-    except StateDatabaseError as exc:
-        print(f"scanhopper: state database: {exc}", file=sys.stderr)
-        return ExitCode.file_access_error
-    except KeyError as exc:
-        print(f"scanhopper: {exc.args[0]}", file=sys.stderr)
-        return ExitCode.bad_args
     except KeyboardInterrupt:
         return ExitCode.ctrl_c
 

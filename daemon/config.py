@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import ExitCode, ScanhopperError
 from .models import DEFAULT_DET_MODEL, DEFAULT_REC_MODEL
 
 __all__ = [
@@ -32,8 +33,10 @@ _DEVICE = re.compile(r"^(cpu|(gpu|npu|xpu):\d+)$")
 _ENGINES = ("onnxruntime", "paddle")
 
 
-class ConfigError(Exception):
+class ConfigError(ScanhopperError):
     """The configuration file is unreadable or holds a bad key or value."""
+
+    exit_code = ExitCode.invalid_config
 
 
 def _check_device(value: str) -> str:

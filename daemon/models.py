@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ExitCode, ScanhopperError
+
 __all__ = [
     "DEFAULT_DET_MODEL",
     "DEFAULT_REC_MODEL",
@@ -36,8 +38,10 @@ _WEIGHT_FILES = ("inference.onnx", "inference.pdiparams")
 _GRAPH_FILES = ("inference.onnx", "inference.json", "inference.pdmodel")
 
 
-class ModelError(Exception):
+class ModelError(ScanhopperError):
     """A model directory is missing, incomplete or does not match its model name."""
+
+    exit_code = ExitCode.child_process_error
 
 
 @dataclass(frozen=True)

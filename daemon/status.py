@@ -7,9 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings
+from .errors import ExitCode, ScanhopperError
 from .store import Store
 
-__all__ = ["document_pages", "render_table", "status_rows"]
+__all__ = ["NotFoundError", "document_pages", "render_table", "status_rows"]
+
+
+class NotFoundError(ScanhopperError):
+    """No document at the path given."""
+
+    exit_code = ExitCode.bad_args
 
 
 def status_rows(settings: Settings) -> list[dict[str, Any]]:
@@ -40,7 +47,7 @@ def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
 
     Raises:
         StateDatabaseError: no readable state database.
-        KeyError: no such document.
+        NotFoundError: no such document.
     """
     from .intake import natural_key
 
@@ -51,7 +58,7 @@ def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
     finally:
         store.close()
     if not rows:
-        raise KeyError(f"no document {path!r} in {settings.database}")
+        raise NotFoundError(f"no document {path!r} in {settings.database}")
     return sorted(rows, key=lambda r: (natural_key(r["file"]), r["page"]))
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from .errors import ExitCode, ScanhopperError
+
 __all__ = [
     "SCHEMA_VERSION",
     "AlreadyRunningError",
@@ -41,12 +43,16 @@ TERMINAL_PAGE_STATES = ("done", "failed", "skipped")
 """Page states that need no more work."""
 
 
-class StateDatabaseError(Exception):
+class StateDatabaseError(ScanhopperError):
     """The state database is unreadable, corrupt or from a newer scanhopper."""
 
+    exit_code = ExitCode.file_access_error
 
-class AlreadyRunningError(Exception):
+
+class AlreadyRunningError(ScanhopperError):
     """Another daemon holds this state database."""
+
+    exit_code = ExitCode.already_running
 
 
 @dataclass(frozen=True)
@@ -241,13 +247,14 @@ class Store:
             db = Database(path)
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise StateDatabaseError(f"{path}: corrupt ({check})")
+                raise StateDatabaseError(f"state database {path}: corrupt ({check})")
             db.enable_wal()
             store = cls(db)
             store._migrate(path)
         except sqlite3.DatabaseError as exc:
             raise StateDatabaseError(
-                f"{path}: not a usable SQLite database ({exc}); move it away to start afresh"
+                f"state database {path} is not usable ({exc}); it was left as it is: "
+                "move it away to start afresh"
             ) from exc
         return store
 
@@ -264,14 +271,15 @@ class Store:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             conn.execute("SELECT 1 FROM documents LIMIT 1")
         except sqlite3.DatabaseError as exc:
-            raise StateDatabaseError(f"{path}: cannot read ({exc})") from exc
+            raise StateDatabaseError(f"state database {path}: cannot read ({exc})") from exc
         return cls(Database(conn))
 
     def _migrate(self, path: Path) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StateDatabaseError(
-                f"{path}: schema version {version} is newer than this scanhopper's "
+                f"state database {path}: schema version {version} is newer than this "
+                "scanhopper's "
                 f"({SCHEMA_VERSION})"
             )
         for number in range(version, SCHEMA_VERSION):

@@ -37,6 +37,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .config import Settings
 from .engine import OcrResult
+from .errors import ExitCode, ScanhopperError
 
 __all__ = [
     "DeviceSlot",
@@ -61,8 +62,10 @@ _MAX_MESSAGE = 64 * 1024 * 1024
 """Longest reply line accepted from a worker, in bytes."""
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(ScanhopperError):
     """A worker could not load its engine (bad model, missing package, bad device)."""
+
+    exit_code = ExitCode.child_process_error
 
 
 class PageFailedError(Exception):
