@@ -7,6 +7,7 @@ The page's file name says what the engine does with it:
 - ``hang``: the engine never returns.
 - ``raise``: the engine raises ``RuntimeError``.
 - ``nan``: a line with a NaN polygon.
+- ``outside``: a line whose polygon reaches past the page.
 - ``slow``: takes 0.5 s (``FAKE_ENGINE_DELAY`` seconds, when set, for every page).
 - anything else: one text line, the file stem, across the top of the page.
 
@@ -37,7 +38,8 @@ def _record(kind: str, **data) -> None:
     folder = os.environ.get("FAKE_ENGINE_LOG")
     if folder:
         path = Path(folder) / f"{kind}-{os.getpid()}-{uuid.uuid4().hex}.json"
-        path.write_text(json.dumps({"kind": kind, "pid": os.getpid(), **data}))
+        record = {"kind": kind, "pid": os.getpid(), "at": time.time(), **data}
+        path.write_text(json.dumps(record))
 
 
 class ScriptedEngine:
@@ -63,11 +65,14 @@ class ScriptedEngine:
         height, width = image.pixels.shape[:2]
         if "nan" in name:
             return [TextLine("bad", 0.5, ((float("nan"), 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)))]
+        if "outside" in name:  # a line reaching past the page: clamped, not fatal
+            box = ((-50.0, -20.0), (width + 90.0, -20.0), (width + 90.0, 30.0), (-50.0, 30.0))
+            return [TextLine("outside", 0.8, box)]
         if "slow" in name:
             time.sleep(0.5)
         time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0")))
         box = ((0.0, 0.0), (width * 0.8, 0.0), (width * 0.8, height * 0.1), (0.0, height * 0.1))
-        _record("done", page=name)
+        _record("done", page=name, path=str(image.source))
         return [TextLine(Path(name).stem, 0.99, box)]
 
 

@@ -310,5 +310,5 @@ def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
     workers = psutil.Process(daemon.process.pid).children(recursive=True)
     assert workers
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
-    gone, alive = psutil.wait_procs(workers, timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []

@@ -12,6 +12,7 @@ import time
 import zlib
 from pathlib import Path
 
+import psutil
 import pymupdf
 import pytest
 from harness import Daemon
@@ -278,3 +279,47 @@ def test_time_from_completion_to_publication_is_short(daemon):
     daemon.wait_for(lambda: (daemon.outbox / "quick.pdf").exists(), timeout=30)
     assert time.monotonic() - started < 10
     assert daemon.stop() == 0
+
+
+def test_faulty_pages_are_retried_then_failed_and_the_rest_is_published(tmp_path):
+    daemon = Daemon(tmp_path, extra="max_attempts = 2\n")
+    daemon.config.write_text(
+        daemon.config.read_text().replace("page_timeout = 30", "page_timeout = 2")
+    )
+    names = ["a1.png", "segv.png", "hang.png", "raise.png", "nan.png", "outside.png", "z9.png"]
+    for name in names:
+        _page(daemon.inbox / "faults" / name)
+    (daemon.inbox / "faults" / ".complete").touch()
+    daemon.start()
+    try:
+        daemon.wait_for(lambda: daemon.states().get("faults") == "done_with_errors", timeout=180)
+        pages = {
+            p["file"]: p for p in json.loads(daemon.command("status", "faults", "--json").stdout)
+        }
+    finally:
+        assert daemon.stop() == 0
+    expected = {
+        "segv.png": (2, "SIGSEGV"),
+        "hang.png": (2, "timed out after 2 s"),
+        "raise.png": (1, "fake engine refuses raise.png"),
+        "nan.png": (1, "bad polygon"),
+    }
+    for name, (attempts, reason) in expected.items():
+        page = pages[f"faults/{name}"]
+        assert (page["state"], page["attempts"]) == ("failed", attempts), page
+        assert reason in page["error"], page
+    for name in ("a1.png", "outside.png", "z9.png"):
+        assert pages[f"faults/{name}"]["state"] == "done"
+    with pymupdf.open(daemon.outbox / "faults.pdf") as doc:
+        texts = [p.get_text().strip() for p in doc]
+        # natural order: a1, hang, nan, outside, raise, segv, z9; failed pages image-only
+        assert texts == ["a1", "", "", "outside", "", "", "z9"]
+        words = doc[3].get_text("words")
+        assert words and all(0 <= w[0] and w[2] <= doc[3].rect.width + 0.5 for w in words)
+    loads = [json.loads(p.read_text())["pid"] for p in daemon.engine_log.glob("load-*.json")]
+    assert len(loads) >= 4  # restarted after each crash and timeout
+    assert not [
+        pid
+        for pid in loads
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
