@@ -89,3 +89,48 @@ def test_ocr_command_prints_text_and_json(corpus, shared_state, tmp_path):
     (page,) = json.loads(as_json.stdout)
     assert page["page"] == 1 and page["width"] == 323
     assert any(line["text"] == "正品促销" for line in page["lines"])
+
+
+def _paddle_model(folder, name):
+    folder.mkdir(parents=True)
+    (folder / "inference.json").write_text("{}")
+    (folder / "inference.pdiparams").write_bytes(b"\0" * 16)
+    (folder / "inference.yml").write_text(f"Global: {{model_name: {name}}}\n")
+    return folder
+
+
+def test_the_paddle_engine_is_built_for_the_pinned_accelerator(tmp_path, monkeypatch):
+    import paddleocr
+
+    from daemon.engine import PaddleEngine
+
+    seen = {}
+    monkeypatch.setattr(paddleocr, "PaddleOCR", lambda **kwargs: seen.update(kwargs))
+    settings = Settings.model_validate(
+        {
+            "folders": {"state": str(tmp_path / "state")},
+            "ocr": {
+                "engine": "paddle",
+                "rec_batch_size": 16,
+                "cpu_threads": 4,
+                "det_model_dir": str(_paddle_model(tmp_path / "det", "PP-OCRv6_small_det")),
+                "rec_model_dir": str(_paddle_model(tmp_path / "rec", "PP-OCRv6_small_rec")),
+            },
+        }
+    )
+    PaddleEngine(settings, "gpu:0")
+    assert seen["engine"] == "paddle" and seen["device"] == "gpu:0"
+    assert seen["text_recognition_batch_size"] == 16 and seen["cpu_threads"] == 4
+    assert seen["use_doc_orientation_classify"] is False and seen["use_doc_unwarping"] is False
+    assert seen["text_detection_model_dir"] == str(tmp_path / "det")
+
+
+def test_the_paddle_engine_refuses_the_builtin_onnx_models(tmp_path, shared_state):
+    from daemon.engine import PaddleEngine
+    from daemon.models import ModelError
+
+    settings = Settings.model_validate(
+        {"folders": {"state": str(shared_state)}, "ocr": {"engine": "paddle"}}
+    )
+    with pytest.raises(ModelError, match="runs on engine 'onnxruntime'"):
+        PaddleEngine(settings, "gpu:0")
