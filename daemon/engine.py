@@ -58,6 +58,13 @@ class TextLine:
     """Four corners in source-image pixels: top-left, top-right, bottom-right,
     bottom-left as the text reads (PaddleOCR's order)."""
 
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """Axis-aligned bounding box of the polygon: ``(x0, y0, x1, y1)`` in pixels."""
+        xs = [p[0] for p in self.polygon]
+        ys = [p[1] for p in self.polygon]
+        return min(xs), min(ys), max(xs), max(ys)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form: ``{"text", "confidence", "polygon": [[x, y] * 4]}``."""
         return {
@@ -86,6 +93,8 @@ class OcrResult:
     states none)."""
     lines: tuple[TextLine, ...]
     """Text lines in the engine's reading order (top to bottom)."""
+    device: str | None = None
+    """The device slot that read the page (``gpu:1``), when read by a worker pool."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, as stored in the state database and sidecars."""
@@ -94,13 +103,16 @@ class OcrResult:
             "height": self.height,
             "dpi": self.dpi,
             "lines": [line.to_dict() for line in self.lines],
+            "device": self.device,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OcrResult:
         """Inverse of :meth:`to_dict`."""
         lines = tuple(TextLine.from_dict(d) for d in data["lines"])
-        return cls(int(data["width"]), int(data["height"]), float(data["dpi"]), lines)
+        return cls(
+            int(data["width"]), int(data["height"]), float(data["dpi"]), lines, data.get("device")
+        )
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,6 @@ _MIN_GUTTER = 0.5
 """Narrowest gap between columns, in line heights."""
 
 
-def _box(line: TextLine) -> Box:
-    xs = [p[0] for p in line.polygon]
-    ys = [p[1] for p in line.polygon]
-    return min(xs), min(ys), max(xs), max(ys)
-
-
 def reading_order(lines: Sequence[TextLine]) -> list[int]:
     """Order a page's lines for reading.
 
@@ -45,7 +39,7 @@ def reading_order(lines: Sequence[TextLine]) -> list[int]:
         structure keeps the engine's order; a page whose lines are mostly vertical (CJK
         set top to bottom) reads right to left.
     """
-    boxes = [_box(line) for line in lines]
+    boxes = [line.bbox for line in lines]
     if len(boxes) < 2:
         return list(range(len(boxes)))
     heights = [b[3] - b[1] for b in boxes]

@@ -93,7 +93,7 @@ class Scheduler:
             self._failed(page, exc.reason, final=final, attempts=attempts)
             return
         seconds = time.perf_counter() - started
-        self.store.page_done(page.id, result.to_dict(), seconds)
+        self.store.page_done(page.id, result.to_dict(), seconds, device=result.device)
         log.info("page_done", seconds=round(seconds, 2), lines=len(result.lines))
 
     def _failed(self, page: Page, reason: str, *, final: bool, attempts: int = 1) -> None:

@@ -25,9 +25,8 @@ def _ordered(result: OcrResult) -> list[TextLine]:
 
 
 def _bbox(line: TextLine) -> tuple[int, int, int, int]:
-    xs = [p[0] for p in line.polygon]
-    ys = [p[1] for p in line.polygon]
-    return round(min(xs)), round(min(ys)), round(max(xs)), round(max(ys))
+    x0, y0, x1, y1 = line.bbox
+    return round(x0), round(y0), round(x1), round(y1)
 
 
 def _txt(pages: Pages, title: str) -> str:

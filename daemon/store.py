@@ -16,8 +16,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,13 +506,15 @@ class Store:
             [time.time(), page_id],
         )
 
-    def page_done(self, page_id: int, result: dict[str, Any], seconds: float) -> None:
+    def page_done(
+        self, page_id: int, result: dict[str, Any], seconds: float, *, device: str | None
+    ) -> None:
         """Store a page's OCR result durably; the page is never OCR'd again."""
         with self.db.atomic():
             self.db.execute(
                 "UPDATE pages SET state = 'done', result = ?, seconds = ?, finished_at = ?, "
-                "error = NULL WHERE id = ?",
-                [json.dumps(result, ensure_ascii=False), seconds, time.time(), page_id],
+                "device = ?, error = NULL WHERE id = ?",
+                [json.dumps(result, ensure_ascii=False), seconds, time.time(), device, page_id],
             )
 
     def page_attempt_failed(self, page_id: int, reason: str, *, final: bool) -> None:
@@ -581,12 +581,6 @@ class Store:
             )
         )
         return row["s"]
-
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group several writes into one transaction."""
-        with self.db.atomic():
-            yield
 
 
 def _document(row: dict[str, Any]) -> Document:

@@ -16,6 +16,7 @@ Protocol (one JSON object per line):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -332,7 +333,8 @@ class WorkerPool:
             job.finish(None, PageFailedError(str(exc), "crash"))
             return False
         if reply.get("type") == "result" and reply.get("id") == job.id:
-            job.finish(OcrResult.from_dict(reply["result"]), None)
+            result = OcrResult.from_dict(reply["result"])
+            job.finish(dataclasses.replace(result, device=worker.slot.name), None)
         else:
             job.finish(None, PageFailedError(str(reply.get("error", reply)), "error"))
         return True

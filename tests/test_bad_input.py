@@ -245,7 +245,9 @@ def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path,
         document.id, "doc/p1.png", kind="image", pages=1, size=1, mtime_ns=1, content_hash="x"
     )
     (page,) = store.pages(document.id)
-    store.page_done(page.id, {"width": 120, "height": 80, "dpi": 300.0, "lines": []}, 0.1)
+    store.page_done(
+        page.id, {"width": 120, "height": 80, "dpi": 300.0, "lines": []}, 0.1, device="cpu"
+    )
     store.mark_complete(document.id)
     finalizer = Finalizer(settings, store)
     real = Finalizer._write

@@ -8,6 +8,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -17,6 +18,9 @@ import pymupdf
 import pytest
 from harness import Daemon
 from PIL import Image
+
+SCANHOPPER = [sys.executable, "-m", "daemon"]
+"""The command line, run with this interpreter (its console script may not be on PATH)."""
 
 
 def _page(path: Path, size=(300, 200)) -> Path:
@@ -141,7 +145,9 @@ def test_status_reads_while_the_daemon_runs_and_after(daemon):
     table = daemon.command("status").stdout
     assert "doc" in table and "1/1" in table
     pages = json.loads(daemon.command("status", "doc", "--json").stdout)
-    assert [(p["file"], p["page"], p["state"]) for p in pages] == [("doc/x.png", 1, "done")]
+    assert [(p["file"], p["page"], p["state"], p["device"]) for p in pages] == [
+        ("doc/x.png", 1, "done", "cpu")
+    ]
     assert daemon.stop() == 0
     assert daemon.states() == {"doc": "done"}
 
@@ -214,7 +220,7 @@ def test_a_bad_configuration_stops_the_daemon_with_the_key_named(tmp_path, confi
     path = tmp_path / "bad.toml"
     path.write_text(config)
     done = subprocess.run(
-        ["scanhopper", "-c", str(path), "run"], capture_output=True, text=True, timeout=60
+        [*SCANHOPPER, "-c", str(path), "run"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 9
     assert message in done.stderr
@@ -222,12 +228,11 @@ def test_a_bad_configuration_stops_the_daemon_with_the_key_named(tmp_path, confi
 
 def test_an_environment_override_is_validated_too(tmp_path):
     done = subprocess.run(
-        ["scanhopper", "models"],
+        [*SCANHOPPER, "models"],
         capture_output=True,
         text=True,
         timeout=60,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SCANHOPPER_OCR__CPU_THREADS": "0"},
-        executable=shutil.which("scanhopper"),
     )
     assert done.returncode == 9
     assert "ocr.cpu_threads" in done.stderr
@@ -245,7 +250,8 @@ def test_the_systemd_unit_verifies(tmp_path):
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")
     unit = (Path(__file__).resolve().parents[1] / "systemd" / "scanhopper.service").read_text()
-    unit = unit.replace("/opt/scanhopper/bin/scanhopper", shutil.which("scanhopper"))
+    script = Path(sys.executable).parent / "scanhopper"  # the console script pip installed
+    unit = unit.replace("/opt/scanhopper/bin/scanhopper", str(script))
     (tmp_path / "scanhopper.service").write_text(unit)
     done = subprocess.run(
         [analyze, "verify", str(tmp_path / "scanhopper.service")],
@@ -263,7 +269,7 @@ def test_status_without_a_database_says_so(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(f'[folders]\nstate = "{tmp_path / "none"}"\n')
     done = subprocess.run(
-        ["scanhopper", "-c", str(path), "status"], capture_output=True, text=True, timeout=60
+        [*SCANHOPPER, "-c", str(path), "status"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 5
     assert "no state database" in done.stderr
