@@ -8,7 +8,7 @@ Prints, measured in one run on the same pages and settings (1 CPU worker, 2 thre
   whose pages are already OCR'd (target < 2 s);
 - peak RSS of the daemon and of its worker.
 
-Usage: ``python bench/daemon.py [--pages N]``.
+Usage, from the repository root: ``python -m bench.daemon [--pages N]``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ import time
 from pathlib import Path
 
 import pymupdf
-
-# Run as a script, this file's folder comes first on sys.path and its name would shadow
-# the `daemon` package: take the folder off.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -96,11 +92,14 @@ def main() -> None:
     configure_logging(level="warning")
     home = Path(tempfile.mkdtemp(prefix="scanhopper-bench-daemon-"))
     state, inbox, outbox = home / "state", home / "inbox", home / "outbox"
-    settings = Settings.model_validate({
-        "folders": {"inbox": [str(inbox)], "outbox": str(outbox), "state": str(state)},
-        "intake": {"stable_seconds": 0.2},
-        "ocr": {"cpu_threads": 2}, "workers": {"devices": ["cpu"]},
-    })
+    settings = Settings.model_validate(
+        {
+            "folders": {"inbox": [str(inbox)], "outbox": str(outbox), "state": str(state)},
+            "intake": {"stable_seconds": 0.2},
+            "ocr": {"cpu_threads": 2},
+            "workers": {"devices": ["cpu"]},
+        }
+    )
     pages = make_pages(home / "scans", count)
     bare = bare_loop(settings, pages)
 
@@ -110,8 +109,11 @@ def main() -> None:
         "[intake]\nstable_seconds = 0.2\n[ocr]\ncpu_threads = 2\n"
     )
     log = (home / "daemon.log").open("w")
-    daemon = subprocess.Popen([sys.executable, "-m", "daemon", "-c", str(config), "run"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "-c", str(config), "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for(lambda: "daemon_ready" in (home / "daemon.log").read_text(), 300, "ready")
         started = time.perf_counter()
@@ -129,8 +131,9 @@ def main() -> None:
 
         def all_done() -> bool:
             with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                row = conn.execute("SELECT pages_done, pages_total FROM document_status "
-                                   "WHERE path = 'reprint'").fetchone()
+                row = conn.execute(
+                    "SELECT pages_done, pages_total FROM document_status WHERE path = 'reprint'"
+                ).fetchone()
             return row == (100, 100)
 
         wait_for(all_done, 600, "reprint pages recorded")
@@ -148,8 +151,11 @@ def main() -> None:
     print(f"bare engine loop      : {count / bare:6.3f} pages/s")
     print(f"daemon, drop to PDF   : {count / through:6.3f} pages/s  ratio {bare / through:.3f}")
     print(f"marker to PDF, 100 already-read pages: {publish:.2f} s")
-    print(f"peak RSS: daemon {rss_daemon:.0f} MB, workers "
-          + json.dumps([round(r) for r in rss_workers]) + " MB")
+    print(
+        f"peak RSS: daemon {rss_daemon:.0f} MB, workers "
+        + json.dumps([round(r) for r in rss_workers])
+        + " MB"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Prints, for the same corpus pages and settings, measured side by side in one run
 
 and each pool's ratio to the bare loop. Model loading is excluded from every figure.
 
-Usage: ``python bench/engine.py [--rounds N]``.
+Usage, from the repository root: ``python -m bench.engine [--rounds N]``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ synthetic document of 50 and of 500 pages (the corpus pages repeated) and prints
 time and the peak RSS of each, and their ratio. Targets: peak RSS under 400 MB for 500
 pages, and no more than 20% above the 50-page figure.
 
-Usage: ``python bench/pdf.py [--pages 50 500]``.
+Usage, from the repository root: ``python -m bench.pdf [--pages 50 500]``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,16 @@ def main() -> None:
     figures = []
     for pages in args.pages:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(cache), str(pages), str(work / "out.pdf")],
+            [
+                sys.executable,
+                "-m",
+                "bench.pdf",
+                "--child",
+                str(cache),
+                str(pages),
+                str(work / "out.pdf"),
+            ],
+            cwd=Path(__file__).resolve().parents[1],
             capture_output=True,
             text=True,
             check=True,
