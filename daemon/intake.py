@@ -282,9 +282,9 @@ class Intake:
         return time.time() - max(newest, document.updated_at) >= quiet
 
     async def run(self, *, stop: anyio.Event) -> None:
-        """Reconcile now, then after each batch of events, every second while files are
-        unstable (or quiet-time completion is on), and every ``rescan_interval``
-        seconds, until ``stop`` is set."""
+        """Reconcile now, then after each batch of events, every half
+        ``stable_seconds`` (0.1 to 1 s) while files are unstable or quiet-time
+        completion is on, and every ``rescan_interval`` seconds, until ``stop`` is set."""
         intake = self.settings.intake
         roots = self.settings.folders.inbox
         for root in roots:
@@ -311,7 +311,8 @@ class Intake:
             waiting = await self.reconcile()
             while not stop.is_set():
                 fast = waiting or intake.quiet_seconds > 0
-                with anyio.move_on_after(1.0 if fast else intake.rescan_interval):
+                recheck = min(1.0, max(0.1, intake.stable_seconds / 2))
+                with anyio.move_on_after(recheck if fast else intake.rescan_interval):
                     await receive.receive()
                 if not stop.is_set():
                     waiting = await self.reconcile()
