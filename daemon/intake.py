@@ -23,7 +23,7 @@ from natsort import natsort_keygen
 from watchfiles import Change, awatch
 
 from .config import Settings, TextPolicy
-from .pdf import PageSource, PageSourceError, expand_pages, needs_ocr
+from .pdf import PageSourceError, expand_pages, skipped_pages
 from .store import Document, Store
 
 __all__ = ["InboxFilter", "Intake", "natural_key", "scan_root"]
@@ -170,15 +170,8 @@ def _inspect(path: Path, policy: TextPolicy) -> _FileInfo:
         sources = expand_pages(path)
     except PageSourceError as exc:
         return _FileInfo("bad", 1, content_hash, exc.reason, frozenset())
-    skipped = frozenset(s.index for s in sources if not _ocr_wanted(s, policy))
+    skipped = skipped_pages(path, policy)
     return _FileInfo(sources[0].kind, len(sources), content_hash, None, skipped)
-
-
-def _ocr_wanted(source: PageSource, policy: TextPolicy) -> bool:
-    try:
-        return needs_ocr(source, policy)
-    except PageSourceError:
-        return True  # the scheduler's rendering reports what is wrong with the page
 
 
 class Intake:

@@ -35,9 +35,9 @@ __all__ = [
     "PdfPage",
     "assemble_pdf",
     "expand_pages",
-    "needs_ocr",
     "prepare_page",
     "render_page",
+    "skipped_pages",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"})
@@ -140,19 +140,36 @@ def _has_visible_text(page: pymupdf.Page) -> bool:
     return any(span["type"] != 3 for span in page.get_texttrace())
 
 
-def needs_ocr(source: PageSource, policy: TextPolicy) -> bool:
-    """Whether a page should be OCR'd under ``policy`` (images always are).
+def skipped_pages(path: Path, policy: TextPolicy) -> frozenset[int]:
+    """Pages of a file that are kept as they are, without OCR, under ``policy``.
+
+    Under ``skip`` a PDF page with any text is kept; under ``redo`` only one with
+    visible text (not render mode 3); under ``force`` none. Image files: none. A page
+    that cannot be loaded is not skipped (rendering it reports what is wrong).
+
+    Returns:
+        0-based page indexes.
 
     Raises:
-        PageSourceError: the PDF page cannot be read.
+        PageSourceError: the PDF cannot be opened.
     """
-    if source.kind == "image" or policy is TextPolicy.force:
-        return True
-    with _open_pdf(source.path) as doc:
-        page = _load_page(doc, source)
-        if policy is TextPolicy.skip:
-            return not page.get_text("text").strip()
-        return not _has_visible_text(page)
+    if path.suffix.lower() != ".pdf" or policy is TextPolicy.force:
+        return frozenset()
+    kept = set()
+    with _open_pdf(path) as doc:
+        for index in range(doc.page_count):
+            try:
+                page = doc.load_page(index)
+                has_text = (
+                    bool(page.get_text("text").strip())
+                    if policy is TextPolicy.skip
+                    else _has_visible_text(page)
+                )
+            except (ValueError, RuntimeError):
+                continue
+            if has_text:
+                kept.add(index)
+    return frozenset(kept)
 
 
 def _load_page(doc: pymupdf.Document, source: PageSource) -> pymupdf.Page:

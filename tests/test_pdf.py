@@ -19,7 +19,7 @@ from daemon.pdf import (
     PdfPage,
     assemble_pdf,
     expand_pages,
-    needs_ocr,
+    skipped_pages,
 )
 
 PER_PAGE_OVERHEAD = 16 * 1024
@@ -51,8 +51,9 @@ def ocr_of(corpus_ocr):
 def _build(corpus, ocr_of, name: str, dest: Path, **kwargs) -> tuple[Path, list[PdfPage]]:
     """Assemble a corpus document the way the daemon does: OCR where the default text
     policy asks for it, the page kept as it is elsewhere."""
+    kept = skipped_pages(corpus / name, TextPolicy.skip)
     pages = [
-        PdfPage(src, ocr_of(name, src.index) if needs_ocr(src, TextPolicy.skip) else None)
+        PdfPage(src, None if src.index in kept else ocr_of(name, src.index))
         for src in expand_pages(corpus / name)
     ]
     assemble_pdf(pages, dest, title=dest.stem, **kwargs)
@@ -282,8 +283,8 @@ def test_multipage_document_keeps_its_six_pages_in_order(corpus, ocr_of, tmp_pat
 
 def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, tmp_path):
     sources = expand_pages(corpus / "pdf/tagged.pdf")
-    assert [needs_ocr(s, TextPolicy.skip) for s in sources] == [False, False]
-    assert all(needs_ocr(s, TextPolicy.force) for s in sources)
+    assert skipped_pages(corpus / "pdf/tagged.pdf", TextPolicy.skip) == {0, 1}
+    assert skipped_pages(corpus / "pdf/tagged.pdf", TextPolicy.force) == set()
     assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="tagged")
     with pymupdf.open(corpus / "pdf/tagged.pdf") as src, pymupdf.open(tmp_path / "out.pdf") as out:
         assert [p.get_text() for p in out] == [p.get_text() for p in src]
@@ -292,8 +293,8 @@ def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, 
 def test_redo_replaces_an_earlier_ocr_layer_instead_of_adding_a_second(corpus, ocr_of, tmp_path):
     first, pages = _build(corpus, ocr_of, "pdf/ccitt.pdf", tmp_path / "first.pdf")
     (source,) = expand_pages(first)
-    assert needs_ocr(source, TextPolicy.skip) is False
-    assert needs_ocr(source, TextPolicy.redo) is True
+    assert skipped_pages(first, TextPolicy.skip) == {0}  # our own invisible layer
+    assert skipped_pages(first, TextPolicy.redo) == set()
     assemble_pdf(
         [PdfPage(source, pages[0].ocr)],
         tmp_path / "again.pdf",
