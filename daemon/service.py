@@ -118,12 +118,17 @@ async def _housekeeping(
             await stop.wait()
 
 
-async def _on_signals(stop: anyio.Event, notifier: SystemdNotifier) -> None:
+async def _on_signals(
+    stop: anyio.Event, notifier: SystemdNotifier, ready: anyio.Event, startup: anyio.CancelScope
+) -> None:
+    """Set ``stop`` on SIGTERM/SIGINT; before the workers are ready, cancel ``startup``."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("stopping", signal=signal.Signals(signum).name)
+            log.info("stopping", signal=signal.Signals(signum).name, ready=ready.is_set())
             notifier.notify(STOPPING=1, STATUS="draining pages in flight")
             stop.set()
+            if not ready.is_set():
+                startup.cancel()
             return
 
 
@@ -147,17 +152,12 @@ async def run_daemon(settings: Settings) -> None:
     lock = InstanceLock(settings.folders.state / "daemon.lock")
     lock.acquire()
     try:
-        store = Store.open(settings.database)
         _prepare_folders(settings)
-        reset = store.reset_in_flight()
-        log.info("daemon_starting", pages_reset=reset, devices=settings.workers.devices)
-        notifier = SystemdNotifier()
-        stop = anyio.Event()
+        store = Store.open(settings.database)
         try:
-            async with open_worker_pool(settings) as pool:
-                notifier.notify(READY=1, STATUS="workers ready")
-                log.info("daemon_ready")
-                await _serve(settings, store, pool, notifier, stop)
+            reset = store.reset_in_flight()
+            log.info("daemon_starting", pages_reset=reset, devices=settings.workers.devices)
+            await _run(settings, store)
         finally:
             store.close()
         log.info("daemon_stopped")
@@ -165,12 +165,25 @@ async def run_daemon(settings: Settings) -> None:
         lock.release()
 
 
+async def _run(settings: Settings, store: Store) -> None:
+    notifier = SystemdNotifier()
+    stop = anyio.Event()
+    ready = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, stop, notifier, ready, tg.cancel_scope)
+        async with open_worker_pool(settings) as pool:
+            ready.set()
+            notifier.notify(READY=1, STATUS="workers ready")
+            log.info("daemon_ready")
+            await _serve(settings, store, pool, notifier, stop)
+        tg.cancel_scope.cancel()
+
+
 async def _serve(settings, store, pool, notifier, stop) -> None:
     intake = Intake(settings, store)
     scheduler = Scheduler(settings, store, pool)
     finalizer = Finalizer(settings, store)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_on_signals, stop, notifier)
         tg.start_soon(partial(intake.run, stop=stop))
         tg.start_soon(partial(finalizer.run, stop=stop))
         tg.start_soon(_housekeeping, settings, store, notifier, stop)

@@ -285,6 +285,9 @@ class WorkerPool:
             raise WorkerStartError(
                 f"worker on {slot.name} did not start: {exc or 'timeout'}"
             ) from exc
+        except BaseException:  # cancelled while loading (the daemon is stopping)
+            await worker.stop(0)
+            raise
         if hello.get("type") != "ready":
             await worker.stop(0)
             raise WorkerStartError(f"worker on {slot.name}: {hello.get('error', hello)}")

@@ -11,6 +11,9 @@ The page's file name says what the engine does with it:
 - ``slow``: takes 0.5 s (``FAKE_ENGINE_DELAY`` seconds, when set, for every page).
 - anything else: one text line, the file stem, across the top of the page.
 
+``FAKE_ENGINE_FAIL`` makes loading fail; ``FAKE_ENGINE_LOAD_DELAY`` makes it take that
+many seconds (recorded as ``loading`` before the wait, ``load`` after).
+
 Every construction and every call is recorded as a JSON file in ``$FAKE_ENGINE_LOG`` so
 tests can count engine calls and see the environment each worker really had.
 """
@@ -48,6 +51,8 @@ class ScriptedEngine:
     def __init__(self, settings, device: str) -> None:
         if os.environ.get("FAKE_ENGINE_FAIL"):
             raise RuntimeError("fake engine told to fail at load")
+        _record("loading", device=device)
+        time.sleep(float(os.environ.get("FAKE_ENGINE_LOAD_DELAY", "0")))
         self.device = device
         _record("load", device=device, environment={k: os.environ.get(k) for k in PINNED})
 

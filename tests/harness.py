@@ -83,6 +83,10 @@ class Daemon:
         self.log.close()
         return code
 
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Wait until the daemon logs ``daemon_ready`` (workers loaded, intake starting)."""
+        self.wait_for(lambda: "daemon_ready" in self.log_path.read_text(), timeout, "ready")
+
     def status(self) -> list[dict[str, Any]]:
         """``scanhopper status --json``."""
         return json.loads(self.command("status", "--json").stdout)

@@ -164,7 +164,7 @@ def test_a_file_still_being_written_is_taken_once_it_stops_growing(tmp_path):
     )
     daemon.start()
     try:
-        daemon.wait_for(lambda: (daemon.state / "state.db").exists())
+        daemon.wait_ready()
         data = _png(tmp_path / "src.png", seed=3, size=(400, 300)).read_bytes()
         target = daemon.inbox / "growing.png"
         with target.open("wb") as f:

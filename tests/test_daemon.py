@@ -207,6 +207,18 @@ def test_sigterm_drains_the_page_in_flight_and_exits_cleanly(daemon):
         assert conn.execute("SELECT state FROM pages").fetchall() == [("done",)]
 
 
+def test_sigterm_while_the_workers_load_exits_cleanly_and_stops_them(tmp_path):
+    daemon = Daemon(tmp_path, env={"FAKE_ENGINE_LOAD_DELAY": "60"})
+    daemon.start()
+    daemon.wait_for(lambda: list(daemon.engine_log.glob("loading-*.json")), what="loading")
+    worker_pid = json.loads(next(daemon.engine_log.glob("loading-*.json")).read_text())["pid"]
+    started = time.monotonic()
+    assert daemon.stop(timeout=30) == 0, daemon.tail()
+    assert time.monotonic() - started < 20
+    assert not psutil.pid_exists(worker_pid) or psutil.Process(worker_pid).status() == "zombie"
+    assert '"ready": false' in daemon.log_path.read_text()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
