@@ -214,7 +214,8 @@ class WorkerSettings(_Strict):
     health_interval: float = Field(5.0, gt=0)
     """Seconds between liveness checks of an idle worker."""
     queue_depth: int = Field(2, ge=1, le=64)
-    """Pages prepared ahead per device slot (decoded, PDF pages rasterised)."""
+    """Length of each device slot's queue: pages prepared (PDF pages rasterised) and
+    waiting, beyond the one the slot is reading."""
     max_attempts: int = Field(3, ge=1, le=20)
     """Times a page is tried when its worker crashes or times out, before it fails."""
 

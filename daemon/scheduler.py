@@ -1,7 +1,8 @@
 """Scheduler: pending pages from the store, prepared and fed to the worker pool.
 
-At most ``devices x queue_depth`` pages are in flight at once (claimed, being prepared,
-queued for a worker or being read): that caps the pages prepared ahead (backpressure),
+At most ``devices x (queue_depth + 1)`` pages are in flight at once (claimed, being
+prepared, in a device slot's queue or being read): each slot reads one page while up to
+``queue_depth`` wait prepared for it. That caps the pages prepared ahead (backpressure),
 whatever the backlog. Pages of complete documents go first, then the oldest documents.
 Page preparation (rasterising PDF pages) runs in threads, overlapping with OCR.
 """
@@ -37,7 +38,7 @@ class Scheduler:
         self.settings = settings
         self.store = store
         self.pool = pool
-        self.capacity = len(settings.workers.devices) * settings.workers.queue_depth
+        self.capacity = len(settings.workers.devices) * (settings.workers.queue_depth + 1)
         self.in_flight = 0
 
     async def run(self, *, stop: anyio.Event, idle: float = 0.25) -> None:

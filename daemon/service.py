@@ -26,7 +26,7 @@ from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
 from .store import InstanceLock, Store
-from .workers import open_worker_pool
+from .workers import WorkerPool, open_worker_pool
 
 __all__ = ["SystemdNotifier", "request_retry", "run_daemon"]
 
@@ -97,23 +97,31 @@ def _take_requests(settings: Settings, store: Store) -> None:
         log.info("retry_requested", target=target or "all failed pages", pages=count)
 
 
-def _status_line(store: Store) -> str:
+def _status_line(store: Store, pool: WorkerPool) -> str:
     rows = store.status()
     waiting = sum(r["pages_waiting"] or 0 for r in rows)
     done = sum(r["pages_done"] or 0 for r in rows)
     failed = sum(r["pages_failed"] or 0 for r in rows)
     open_docs = sum(r["state"] in ("collecting", "complete", "publishing") for r in rows)
-    return f"{open_docs} documents open, {waiting} pages waiting, {done} done, {failed} failed"
+    queued = " ".join(f"{slot}={n}" for slot, n in pool.queued().items())
+    return (
+        f"{open_docs} documents open, {waiting} pages waiting, {done} done, {failed} failed;"
+        f" queued per device: {queued}"
+    )
 
 
 async def _housekeeping(
-    settings: Settings, store: Store, notifier: SystemdNotifier, stop: anyio.Event
+    settings: Settings,
+    store: Store,
+    pool: WorkerPool,
+    notifier: SystemdNotifier,
+    stop: anyio.Event,
 ) -> None:
     """STATUS lines, WATCHDOG pings and retry requests, every few seconds."""
     interval = min(5.0, (notifier.watchdog_seconds or 10.0) / 2)
     while not stop.is_set():
         _take_requests(settings, store)
-        notifier.notify(STATUS=_status_line(store), WATCHDOG=1)
+        notifier.notify(STATUS=_status_line(store, pool), WATCHDOG=1)
         with anyio.move_on_after(interval):
             await stop.wait()
 
@@ -186,6 +194,6 @@ async def _serve(settings, store, pool, notifier, stop) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(intake.run, stop=stop))
         tg.start_soon(partial(finalizer.run, stop=stop))
-        tg.start_soon(_housekeeping, settings, store, notifier, stop)
+        tg.start_soon(_housekeeping, settings, store, pool, notifier, stop)
         await scheduler.run(stop=stop)
         tg.cancel_scope.cancel()

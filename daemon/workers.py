@@ -23,6 +23,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ import anyio
 import structlog
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .config import Settings
 from .engine import OcrResult
@@ -131,6 +131,69 @@ class _Job:
         self.done.set()
 
 
+class _SlotQueues:
+    """One bounded FIFO of pages per device slot.
+
+    A page goes to the slot with the fewest pages queued or being read (ties: the first
+    slot), waiting while every slot's queue holds ``depth`` pages (backpressure). A slot
+    whose own queue is empty takes the oldest page of the longest other queue, so a free
+    device never idles while pages wait for a busy one.
+    """
+
+    def __init__(self, slots: int, depth: int) -> None:
+        self.queues: list[deque[_Job]] = [deque() for _ in range(slots)]
+        self.busy = [False] * slots
+        """Whether each slot is reading a page it took."""
+        self.depth = depth
+        self.closed = False
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def changed(self) -> None:
+        """Wait for the next put, take, release or close."""
+        await self._changed.wait()
+
+    async def put(self, job: _Job) -> int:
+        """Queue ``job`` for the least loaded slot with room; returns that slot's index.
+
+        Raises:
+            anyio.ClosedResourceError: the queues are closed.
+        """
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            room = [i for i, queue in enumerate(self.queues) if len(queue) < self.depth]
+            if room:
+                index = min(room, key=lambda i: (len(self.queues[i]) + self.busy[i], i))
+                self.queues[index].append(job)
+                self._notify()
+                return index
+            await self.changed()
+
+    def take(self, index: int) -> _Job | None:
+        """The next page for slot ``index`` (its own, else the oldest of the longest
+        other queue), or ``None`` when every queue is empty."""
+        queue = self.queues[index] or max(self.queues, key=len)
+        if not queue:
+            return None
+        self.busy[index] = True
+        self._notify()
+        return queue.popleft()
+
+    def release(self, index: int) -> None:
+        """Slot ``index`` finished the page it took."""
+        self.busy[index] = False
+        self._notify()
+
+    def close(self) -> None:
+        """Take no more pages; the queued ones are still handed out."""
+        self.closed = True
+        self._notify()
+
+
 class _WorkerLostError(Exception):
     """The worker process died or had to be killed."""
 
@@ -208,9 +271,9 @@ class _Worker:
 class WorkerPool:
     """Feeds pages to the device slots' worker processes. Use :func:`open_worker_pool`.
 
-    Pages go through one bounded queue that every slot takes from, so a free device
-    always gets the next page. A worker that dies or exceeds the page timeout is
-    killed and restarted; the page it held fails with a :class:`PageFailedError`.
+    Each slot has a bounded queue of ``queue_depth`` pages (see :class:`_SlotQueues`
+    for who gets which page). A worker that dies or exceeds the page timeout is killed
+    and restarted; the page it held fails with a :class:`PageFailedError`.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -220,14 +283,22 @@ class WorkerPool:
         self.pids: dict[int, int | None] = {}
         """Current worker process id per slot index (``None`` while restarting)."""
         self._ids = count()
-        send, receive = anyio.create_memory_object_stream[_Job](len(self.slots))
-        self._send: MemoryObjectSendStream[_Job] = send
-        self._receive: MemoryObjectReceiveStream[_Job] = receive
+        self._queues = _SlotQueues(len(self.slots), settings.workers.queue_depth)
+
+    def queued(self) -> dict[str, int]:
+        """Pages waiting in each slot's queue, by slot (``gpu:0``, or ``cpu#2`` for the
+        second of several slots on one device)."""
+        names = [slot.name for slot in self.slots]
+        labels = [
+            name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}"
+            for i, name in enumerate(names)
+        ]
+        return {label: len(queue) for label, queue in zip(labels, self._queues.queues, strict=True)}
 
     async def ocr(self, path: Path, *, frame: int = 0) -> OcrResult:
         """OCR one page image file on whichever device slot is free first.
 
-        Waits while every slot is busy and the queue is full (backpressure).
+        Waits while every slot's queue is full (backpressure).
 
         Args:
             path: An image file the workers can read.
@@ -241,7 +312,7 @@ class WorkerPool:
                 timed out on this page.
         """
         job = _Job(Path(path).resolve(), frame, next(self._ids))
-        await self._send.send(job)
+        await self._queues.put(job)
         await job.done.wait()
         if job.error is not None:
             raise job.error
@@ -295,21 +366,21 @@ class WorkerPool:
         log.info("worker_ready", device=slot.name, pid=process.pid)
         return worker
 
-    async def _next_job(self, worker: _Worker) -> _Job | None:
-        """Wait for a page, checking the idle worker's health meanwhile.
+    async def _next_job(self, index: int, worker: _Worker) -> _Job | None:
+        """Wait for a page for slot ``index``, checking the idle worker's health meanwhile.
 
         Returns:
-            The next job, or ``None`` when the queue is closed and empty, or when the
+            The next job, or ``None`` when the queues are closed and empty, or when the
             worker died while idle (the caller restarts it).
         """
-        while True:
+        while (job := self._queues.take(index)) is None:
+            if self._queues.closed:
+                return None
             with anyio.move_on_after(self.settings.workers.health_interval):
-                try:
-                    return await self._receive.receive()
-                except anyio.EndOfStream:
-                    return None
+                await self._queues.changed()
             if not worker.alive():
                 return None
+        return job
 
     async def _run_job(self, worker: _Worker, job: _Job) -> bool:
         """Send one page to the worker and deliver its outcome.
@@ -352,12 +423,13 @@ class WorkerPool:
                     worker = await self._start_worker(index)
                     ready.set()
                 if job is None:
-                    job = await self._next_job(worker)
+                    job = await self._next_job(index, worker)
                 if job is None and worker.alive():
                     return
                 usable = job is not None and await self._try_job(worker, job)
                 if job is not None and job.done.is_set():
                     job = None
+                    self._queues.release(index)
                 if usable:
                     continue
                 log.warning("worker_restart", device=worker.slot.name, pid=worker.process.pid)
@@ -390,7 +462,7 @@ class WorkerPool:
 
     def close(self) -> None:
         """Take no more pages; the workers finish the queued ones, then stop."""
-        self._send.close()
+        self._queues.close()
 
 
 @asynccontextmanager

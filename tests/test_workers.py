@@ -11,7 +11,14 @@ from fake_engines import engine_calls, engine_loads
 from PIL import Image
 
 from daemon.config import Settings
-from daemon.workers import DeviceSlot, PageFailedError, WorkerStartError, open_worker_pool
+from daemon.workers import (
+    DeviceSlot,
+    PageFailedError,
+    WorkerStartError,
+    _Job,
+    _SlotQueues,
+    open_worker_pool,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +140,50 @@ async def test_pages_spread_over_all_slots(fake_settings, tmp_path):
     calls = engine_calls(tmp_path / "engine-log")
     assert sorted(call["page"] for call in calls) == sorted(p.name for p in pages)
     assert len({call["pid"] for call in calls}) == 2
+
+
+async def test_slot_queues_go_to_the_least_loaded_slot_and_stay_bounded():
+    queues = _SlotQueues(2, depth=2)
+    jobs = [_Job(Path(f"p{i}.png"), 0, i) for i in range(5)]
+    assert [await queues.put(job) for job in jobs[:4]] == [0, 1, 0, 1]
+    assert queues.take(0) is jobs[0] and queues.busy == [True, False]
+    assert await queues.put(jobs[4]) == 0  # slot 0 has room again
+    with anyio.move_on_after(0.2) as blocked:
+        await queues.put(_Job(Path("extra.png"), 0, 9))  # both queues full: waits
+    assert blocked.cancelled_caught
+    queues.release(0)
+    assert queues.busy == [False, False]
+
+
+async def test_an_idle_slot_takes_the_oldest_page_of_the_longest_queue():
+    queues = _SlotQueues(3, depth=3)
+    jobs = [_Job(Path(f"p{i}.png"), 0, i) for i in range(4)]
+    for job in jobs:
+        await queues.put(job)  # slots 0, 1, 2, 0
+    assert queues.take(1) is jobs[1]
+    assert queues.take(1) is jobs[0]  # its own queue is empty: slot 0's oldest
+    assert queues.take(2) is jobs[2]
+    assert queues.take(2) is jobs[3]
+    assert queues.take(0) is None
+    queues.close()
+    with pytest.raises(anyio.ClosedResourceError):
+        await queues.put(jobs[0])
+
+
+async def test_no_slot_queue_ever_holds_more_than_the_queue_depth(fake_settings, tmp_path):
+    settings = _with_devices(fake_settings, ["cpu", "cpu"], queue_depth=1)
+    pages = [_page(tmp_path, f"slow{i}.png") for i in range(8)]
+    seen: list[dict[str, int]] = []
+    async with open_worker_pool(settings) as pool:
+        async with anyio.create_task_group() as tg:
+            for page in pages:
+                tg.start_soon(pool.ocr, page)
+            while len(engine_calls(tmp_path / "engine-log")) < len(pages):
+                seen.append(pool.queued())
+                await anyio.sleep(0.05)
+    assert set(seen[0]) == {"cpu#1", "cpu#2"}
+    assert max(n for counts in seen for n in counts.values()) == 1
+    assert len({call["pid"] for call in engine_calls(tmp_path / "engine-log")}) == 2
 
 
 async def test_shutdown_drains_the_page_in_flight(fake_settings, tmp_path):
