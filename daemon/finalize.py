@@ -96,7 +96,8 @@ class Finalizer:
                 return
             started = time.perf_counter()
             try:
-                dest = await anyio.to_thread.run_sync(self._write, document, usable)
+                dest = self._destination(document)
+                await anyio.to_thread.run_sync(self._write, document, usable, dest)
             except (PageSourceError, OutsideOutboxError) as exc:
                 await self._fail(document, str(exc))
                 return
@@ -145,9 +146,29 @@ class Finalizer:
             return "no readable pages"
         return None
 
-    def _write(self, document: Document, pages: list[Page]) -> Path:
-        """Assemble the PDF and sidecars into the outbox (blocking)."""
-        dest = output_path(self.settings, document)
+    def _destination(self, document: Document) -> Path:
+        """Where this document is published: where it was before (a new version replaces
+        the old one), else its :func:`output_path`, else, when another document was
+        published there (``a.jpg`` and ``a.png``, or one path under two inbox roots),
+        that path with `` (2)``, `` (3)``... before ``.pdf``, so no output is overwritten.
+
+        Raises:
+            OutsideOutboxError: the document's path maps outside the outbox.
+        """
+        natural = output_path(self.settings, document)
+        outbox = self.settings.folders.outbox.resolve()
+        if document.output and Path(document.output).resolve().is_relative_to(outbox):
+            return Path(document.output)
+        dest, number = natural, 2
+        while self.store.output_taken(str(dest), document.id):
+            dest = natural.with_name(f"{natural.stem} ({number}).pdf")
+            number += 1
+        if dest != natural:
+            log.warning("output_name_taken", wanted=str(natural), output=str(dest))
+        return dest
+
+    def _write(self, document: Document, pages: list[Page], dest: Path) -> None:
+        """Assemble the PDF and sidecars at ``dest`` in the outbox (blocking)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         root = Path(document.root)
         results = [OcrResult.from_dict(json.loads(p.result)) if p.result else None for p in pages]
@@ -165,7 +186,6 @@ class Finalizer:
             image_dpi=output.image_dpi,
         )
         write_sidecars(dest, output.sidecars, results, title=Path(document.path).stem)
-        return dest
 
     async def _fail(self, document: Document, reason: str) -> None:
         self.store.set_document(document.id, state="failed", error=reason, cleaned=0)

@@ -304,6 +304,13 @@ class Store:
         """The document with this id."""
         return _document(self.db.table("documents").get(document_id))
 
+    def output_taken(self, output: str, document_id: int) -> bool:
+        """Whether a document other than ``document_id`` was published to ``output``."""
+        rows = self.db.execute(
+            "SELECT 1 FROM documents WHERE output = ? AND id != ? LIMIT 1", [output, document_id]
+        )
+        return rows.fetchone() is not None
+
     def add_document(self, root: str, path: str, kind: str) -> Document:
         """Create a document in state ``collecting``."""
         now = time.time()

@@ -253,11 +253,11 @@ def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path,
     real = Finalizer._write
     calls = []
 
-    def full_once(self, doc, pages):
+    def full_once(self, doc, pages, dest):
         calls.append(1)
         if len(calls) == 1:
             raise OSError(code, os.strerror(code))
-        return real(self, doc, pages)
+        return real(self, doc, pages, dest)
 
     monkeypatch.setattr(Finalizer, "_write", full_once)
     anyio.run(finalizer.publish, store.documents_to_publish()[0])
@@ -278,6 +278,47 @@ def test_a_document_path_that_would_leave_the_outbox_is_refused(tmp_path):
         )
         with pytest.raises(OutsideOutboxError):
             output_path(settings, document)
+
+
+def test_documents_that_map_to_one_output_path_never_overwrite_each_other(tmp_path):
+    daemon = Daemon(tmp_path)
+    second_root = tmp_path / "inbox2"
+    daemon.config.write_text(
+        daemon.config.read_text().replace(
+            f'inbox = ["{daemon.inbox}"]', f'inbox = ["{daemon.inbox}", "{second_root}"]'
+        )
+    )
+    # three documents whose natural output is outbox/scan.pdf, told apart by page width
+    _png(daemon.inbox / "scan.png", seed=1, size=(120, 80))
+    Image.new("RGB", (150, 80), "white").save(daemon.inbox / "scan.jpg", format="JPEG")
+    _png(second_root / "scan" / "p1.png", seed=3, size=(180, 80))
+    (second_root / "scan" / ".complete").touch()
+    daemon.start()
+    try:
+        daemon.wait_for(lambda: sorted(daemon.states().values()) == ["done"] * 3)
+        first = {(Path(r["root"]).name, r["path"]): r["output"] for r in daemon.status()}
+        _png(second_root / "scan" / "p2.png", seed=4, size=(180, 80))  # a new version
+        daemon.wait_for(lambda: daemon.states()["scan"] == "collecting")
+        daemon.command("complete", str(second_root / "scan"))
+        daemon.wait_for(lambda: daemon.states()["scan"] == "done")
+        outputs = {(Path(r["root"]).name, r["path"]): r["output"] for r in daemon.status()}
+    finally:
+        assert daemon.stop() == 0
+    assert outputs == first  # the new version replaced its own output
+    assert sorted(Path(o).name for o in outputs.values()) == [
+        "scan (2).pdf",
+        "scan (3).pdf",
+        "scan.pdf",
+    ]
+    expected = {
+        ("inbox", "scan.png"): [120],
+        ("inbox", "scan.jpg"): [150],
+        ("inbox2", "scan"): [180, 180],
+    }
+    for key, widths_px in expected.items():
+        with pymupdf.open(outputs[key]) as doc:
+            assert [round(p.rect.width * 300 / 72) for p in doc] == widths_px, key
+    assert "output_name_taken" in daemon.log_path.read_text()
 
 
 def test_files_written_follow_the_umask_and_the_database_is_private(tmp_path):
