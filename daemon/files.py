@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["temp_path_for", "write_atomically"]
+__all__ = ["numbered_paths", "temp_path_for", "unused_path", "write_atomically"]
+
+
+def numbered_paths(path: Path) -> Iterator[Path]:
+    """``path``, then ``stem (2).suffix``, ``stem (3).suffix``... (endless), the way
+    file managers name a second file of the same name."""
+    yield path
+    for number in itertools.count(2):
+        yield path.with_name(f"{path.stem} ({number}){path.suffix}")
+
+
+def unused_path(path: Path) -> Path:
+    """The first of :func:`numbered_paths` where nothing exists, so moving a file there
+    never replaces another one."""
+    return next(p for p in numbered_paths(path) if not p.exists() and not p.is_symlink())
 
 
 def temp_path_for(dest: Path) -> Path:

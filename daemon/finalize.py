@@ -20,7 +20,7 @@ import structlog
 
 from .config import FailedPages, Settings, SourcePolicy
 from .engine import OcrResult
-from .files import write_atomically
+from .files import numbered_paths, unused_path, write_atomically
 from .intake import natural_key
 from .pdf import PageSource, PageSourceError, PdfPage, assemble_pdf
 from .scheduler import remove_work_dir
@@ -147,22 +147,33 @@ class Finalizer:
         return None
 
     def _destination(self, document: Document) -> Path:
-        """Where this document is published: where it was before (a new version replaces
-        the old one), else its :func:`output_path`, else, when another document was
-        published there (``a.jpg`` and ``a.png``, or one path under two inbox roots),
-        that path with `` (2)``, `` (3)``... before ``.pdf``, so no output is overwritten.
+        """Where this document is published.
+
+        A new version of a published document replaces its output when the source
+        policy is ``keep`` (the new version holds every page of the old one). Under
+        ``archive`` or ``delete`` the old version's pages have left the inbox, so the new
+        version holds only the pages added since and must not replace the old PDF.
+        Otherwise the document gets its :func:`output_path`, unless another document (or
+        its own earlier version) holds that: ``a.jpg`` and ``a.png``, one path under two
+        inbox roots; then that path with `` (2)``, `` (3)``... before ``.pdf``.
 
         Raises:
             OutsideOutboxError: the document's path maps outside the outbox.
         """
         natural = output_path(self.settings, document)
+        own = Path(document.output) if document.output else None
         outbox = self.settings.folders.outbox.resolve()
-        if document.output and Path(document.output).resolve().is_relative_to(outbox):
-            return Path(document.output)
-        dest, number = natural, 2
-        while self.store.output_taken(str(dest), document.id):
-            dest = natural.with_name(f"{natural.stem} ({number}).pdf")
-            number += 1
+        if (
+            own is not None
+            and self.settings.intake.source_policy is SourcePolicy.keep
+            and own.resolve().is_relative_to(outbox)
+        ):
+            return own
+        dest = next(
+            p
+            for p in numbered_paths(natural)
+            if p != own and not self.store.output_taken(str(p), document.id)
+        )
         if dest != natural:
             log.warning("output_name_taken", wanted=str(natural), output=str(dest))
         return dest
@@ -211,7 +222,7 @@ class Finalizer:
             (folder / self.settings.intake.completion_marker).unlink(missing_ok=True)
         if document.state == "failed":
             self._move_to(self.settings.folders.failed, root, files)
-            reason_file = self.settings.folders.failed / f"{document.path}.reason.txt"
+            reason_file = unused_path(self.settings.folders.failed / f"{document.path}.reason.txt")
             reason_file.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(
                 reason_file,
@@ -234,7 +245,7 @@ class Finalizer:
             source = root / file
             if not source.exists():
                 continue
-            dest = target_root / file
+            dest = unused_path(target_root / file)  # never replaces an earlier original
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(source, dest)
 

@@ -293,15 +293,24 @@ def test_documents_that_map_to_one_output_path_never_overwrite_each_other(tmp_pa
     Image.new("RGB", (150, 80), "white").save(daemon.inbox / "scan.jpg", format="JPEG")
     _png(second_root / "scan" / "p1.png", seed=3, size=(180, 80))
     (second_root / "scan" / ".complete").touch()
+    for root in (daemon.inbox, second_root):  # and two failures with one name
+        root.joinpath("blank.png").write_bytes(b"")
     daemon.start()
     try:
-        daemon.wait_for(lambda: sorted(daemon.states().values()) == ["done"] * 3)
+        daemon.wait_for(
+            lambda: sorted(r["state"] for r in daemon.status()) == ["done"] * 3 + ["failed"] * 2
+        )
         first = {(Path(r["root"]).name, r["path"]): r["output"] for r in daemon.status()}
+        del first[("inbox", "blank.png")], first[("inbox2", "blank.png")]
         _png(second_root / "scan" / "p2.png", seed=4, size=(180, 80))  # a new version
         daemon.wait_for(lambda: daemon.states()["scan"] == "collecting")
         daemon.command("complete", str(second_root / "scan"))
         daemon.wait_for(lambda: daemon.states()["scan"] == "done")
-        outputs = {(Path(r["root"]).name, r["path"]): r["output"] for r in daemon.status()}
+        outputs = {
+            (Path(r["root"]).name, r["path"]): r["output"]
+            for r in daemon.status()
+            if r["state"] == "done"
+        }
     finally:
         assert daemon.stop() == 0
     assert outputs == first  # the new version replaced its own output
@@ -319,6 +328,13 @@ def test_documents_that_map_to_one_output_path_never_overwrite_each_other(tmp_pa
         with pymupdf.open(outputs[key]) as doc:
             assert [round(p.rect.width * 300 / 72) for p in doc] == widths_px, key
     assert "output_name_taken" in daemon.log_path.read_text()
+    failed = sorted(p.name for p in (tmp_path / "failed").iterdir())
+    assert failed == [
+        "blank (2).png",
+        "blank.png",
+        "blank.png.reason (2).txt",
+        "blank.png.reason.txt",
+    ]
 
 
 def test_files_written_follow_the_umask_and_the_database_is_private(tmp_path):

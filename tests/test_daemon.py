@@ -98,6 +98,35 @@ def test_a_republished_document_reuses_the_ocr_of_unchanged_pages(daemon):
     assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize("policy", ["archive", "delete"])
+def test_source_policy_and_a_folder_name_used_again(tmp_path, policy):
+    daemon = Daemon(tmp_path)
+    daemon.config.write_text(
+        daemon.config.read_text().replace(
+            "stable_seconds = 0.3\n", f'stable_seconds = 0.3\nsource_policy = "{policy}"\n'
+        )
+    )
+    daemon.start()
+    try:
+        for batch, names in enumerate((["p1.png", "p2.png"], ["p1.png"])):
+            for name in names:
+                _page(daemon.inbox / "box" / f"{batch}-{name}").rename(daemon.inbox / "box" / name)
+            daemon.command("complete", str(daemon.inbox / "box"))
+            daemon.wait_for(
+                lambda: (
+                    daemon.states().get("box") == "done" and not (daemon.inbox / "box").exists()
+                ),
+                what=f"batch {batch} published",
+            )
+    finally:
+        assert daemon.stop() == 0
+    # the second batch is a PDF of its own; the first one's PDF is untouched
+    assert _pdf_texts(daemon.outbox / "box.pdf") == ["p1", "p2"]
+    assert _pdf_texts(daemon.outbox / "box (2).pdf") == ["p1"]
+    archived = sorted(p.name for p in (tmp_path / "archive").rglob("*.png"))
+    assert archived == (["p1 (2).png", "p1.png", "p2.png"] if policy == "archive" else [])
+
+
 def test_kill_9_mid_document_loses_only_the_pages_in_flight(tmp_path):
     daemon = Daemon(tmp_path, env={"FAKE_ENGINE_DELAY": "0.4"})
     names = [f"s{i}.png" for i in range(1, 13)]
