@@ -95,6 +95,9 @@ class OcrResult:
     """Text lines in the engine's reading order (top to bottom)."""
     device: str | None = None
     """The device slot that read the page (``gpu:1``), when read by a worker pool."""
+    seconds: float | None = None
+    """Seconds the worker spent on the page (decoding and OCR, not the time it waited
+    in a queue), when read by a worker pool."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, as stored in the state database and sidecars."""
@@ -104,6 +107,7 @@ class OcrResult:
             "dpi": self.dpi,
             "lines": [line.to_dict() for line in self.lines],
             "device": self.device,
+            "seconds": self.seconds,
         }
 
     @classmethod
@@ -111,7 +115,12 @@ class OcrResult:
         """Inverse of :meth:`to_dict`."""
         lines = tuple(TextLine.from_dict(d) for d in data["lines"])
         return cls(
-            int(data["width"]), int(data["height"]), float(data["dpi"]), lines, data.get("device")
+            int(data["width"]),
+            int(data["height"]),
+            float(data["dpi"]),
+            lines,
+            data.get("device"),
+            data.get("seconds"),
         )
 
 

@@ -10,7 +10,6 @@ Page preparation (rasterising PDF pages) runs in threads, overlapping with OCR.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import anyio
@@ -85,7 +84,6 @@ class Scheduler:
 
     async def _ocr(self, page: Page, image: Path, frame: int) -> None:
         self.store.page_started(page.id)
-        started = time.perf_counter()
         try:
             result = await self.pool.ocr(image, frame=frame)
         except PageFailedError as exc:
@@ -93,9 +91,8 @@ class Scheduler:
             final = exc.cause == "error" or attempts >= self.settings.workers.max_attempts
             self._failed(page, exc.reason, final=final, attempts=attempts)
             return
-        seconds = time.perf_counter() - started
-        self.store.page_done(page.id, result.to_dict(), seconds, device=result.device)
-        log.info("page_done", seconds=round(seconds, 2), lines=len(result.lines))
+        self.store.page_done(page.id, result.to_dict(), result.seconds, device=result.device)
+        log.info("page_done", seconds=result.seconds, lines=len(result.lines))
 
     def _failed(self, page: Page, reason: str, *, final: bool, attempts: int = 1) -> None:
         self.store.page_attempt_failed(page.id, reason, final=final)

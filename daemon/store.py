@@ -489,13 +489,13 @@ class Store:
     def claim_pending(self, limit: int) -> list[Page]:
         """Take up to ``limit`` pending pages and mark them ``queued``.
 
-        Pages of complete documents go first, then the oldest documents, then file and
-        page order.
+        Pages of complete documents go first, then the oldest documents, then the order
+        the pages were found in (intake adds a folder's files in natural order).
         """
         rows = list(
             self.db.query(
                 "SELECT p.* FROM pages p JOIN documents d ON d.id = p.document_id "
-                "WHERE p.state = 'pending' ORDER BY d.complete DESC, d.id, p.file, p.page_index "
+                "WHERE p.state = 'pending' ORDER BY d.complete DESC, d.id, p.id "
                 "LIMIT ?",
                 [limit],
             )
@@ -514,9 +514,13 @@ class Store:
         )
 
     def page_done(
-        self, page_id: int, result: dict[str, Any], seconds: float, *, device: str | None
+        self, page_id: int, result: dict[str, Any], seconds: float | None, *, device: str | None
     ) -> None:
-        """Store a page's OCR result durably; the page is never OCR'd again."""
+        """Store a page's OCR result durably; the page is never OCR'd again.
+
+        Args:
+            seconds: What the worker spent on the page (see ``OcrResult.seconds``).
+        """
         with self.db.atomic():
             self.db.execute(
                 "UPDATE pages SET state = 'done', result = ?, seconds = ?, finished_at = ?, "

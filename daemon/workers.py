@@ -408,7 +408,10 @@ class WorkerPool:
             return False
         if reply.get("type") == "result" and reply.get("id") == job.id:
             result = OcrResult.from_dict(reply["result"])
-            job.finish(dataclasses.replace(result, device=worker.slot.name), None)
+            result = dataclasses.replace(
+                result, device=worker.slot.name, seconds=round(reply["seconds"], 3)
+            )
+            job.finish(result, None)
         else:
             job.finish(None, PageFailedError(str(reply.get("error", reply)), "error"))
         return True

@@ -186,6 +186,23 @@ async def test_no_slot_queue_ever_holds_more_than_the_queue_depth(fake_settings,
     assert len({call["pid"] for call in engine_calls(tmp_path / "engine-log")}) == 2
 
 
+async def test_a_result_gives_the_time_the_worker_spent_not_the_time_queued(
+    fake_settings, tmp_path
+):
+    pages = [_page(tmp_path, f"slow{i}.png") for i in range(3)]  # 0.5 s each, one slot
+    results = []
+
+    async def ocr(page):
+        results.append(await pool.ocr(page))
+
+    started = anyio.current_time()
+    async with open_worker_pool(fake_settings) as pool, anyio.create_task_group() as tg:
+        for page in pages:
+            tg.start_soon(ocr, page)
+    assert anyio.current_time() - started >= 1.5
+    assert all(0.5 <= r.seconds < 1.0 for r in results), [r.seconds for r in results]
+
+
 async def test_shutdown_drains_the_page_in_flight(fake_settings, tmp_path):
     results = []
 
