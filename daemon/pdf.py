@@ -249,7 +249,8 @@ def _line_operators(line: TextLine, to_pdf: pymupdf.Matrix) -> str:
         line: Polygon in OCR pixels.
         to_pdf: OCR pixels -> PDF user space (points, y upwards).
     """
-    p0, p1, p2, p3 = (pymupdf.Point(x, y) * to_pdf for x, y in line.polygon)
+    a, b, c, d, e, f = to_pdf
+    p0, p1, p2, p3 = (pymupdf.Point(a * x + c * y + e, b * x + d * y + f) for x, y in line.polygon)
     width = (abs(p1 - p0) + abs(p2 - p3)) / 2
     height = (abs(p3 - p0) + abs(p2 - p1)) / 2
     if width <= 0 or height <= 0:
@@ -270,28 +271,60 @@ def _line_operators(line: TextLine, to_pdf: pymupdf.Matrix) -> str:
     )
 
 
-def _add_text_layer(page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
-    """Write every OCR line as invisible text (render mode 3) in one content stream,
-    drawn after the page's own content (which is wrapped in ``q``/``Q`` first).
+class _TextLayer:
+    """Lays OCR text on the pages of one document, embedding the font only once.
 
-    Args:
-        to_page: OCR pixels -> PyMuPDF page space (unrotated, y downwards).
+    The first page with text embeds the font (``Page.insert_font``); later pages get a
+    reference to the same font object in their ``/Resources /Font`` dictionary. (One
+    embedding per page cost 5 ms each and was most of the time to assemble a document
+    whose pages were already read.)
     """
-    if not ocr.lines:
-        return
-    page.insert_font(fontname=_FONT_NAME, fontbuffer=_FONT.buffer)
-    to_pdf = to_page * ~page.transformation_matrix
-    body = "".join(_line_operators(ocr.lines[i], to_pdf) for i in reading_order(ocr.lines))
-    doc = page.parent
-    page.wrap_contents()
-    xref = doc.get_new_xref()
-    doc.update_object(xref, "<<>>")
-    doc.update_stream(xref, body.encode("ascii"))
-    contents = [*page.get_contents(), xref]
-    doc.xref_set_key(page.xref, "Contents", "[" + " ".join(f"{x} 0 R" for x in contents) + "]")
+
+    def __init__(self) -> None:
+        self.font_xref = 0
+
+    def add(self, page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
+        """Write every OCR line as invisible text (render mode 3) in one content stream,
+        drawn after the page's own content (which is wrapped in ``q``/``Q`` first).
+
+        Args:
+            to_page: OCR pixels -> PyMuPDF page space (unrotated, y downwards).
+        """
+        if not ocr.lines:
+            return
+        doc = page.parent
+        if self.font_xref:
+            _set_font_resource(doc, page.xref, self.font_xref)
+        else:
+            self.font_xref = page.insert_font(fontname=_FONT_NAME, fontbuffer=_FONT.buffer)
+        to_pdf = to_page * ~page.transformation_matrix
+        body = "".join(_line_operators(ocr.lines[i], to_pdf) for i in reading_order(ocr.lines))
+        page.wrap_contents()
+        xref = doc.get_new_xref()
+        doc.update_object(xref, "<<>>")
+        doc.update_stream(xref, body.encode("ascii"))
+        contents = [*page.get_contents(), xref]
+        doc.xref_set_key(page.xref, "Contents", "[" + " ".join(f"{x} 0 R" for x in contents) + "]")
 
 
-def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> None:
+def _set_font_resource(doc: pymupdf.Document, page_xref: int, font_xref: int) -> None:
+    """Name ``font_xref`` as our font in the page's ``/Resources /Font`` dictionary,
+    following ``/Resources`` and ``/Font`` where they are indirect objects (PyMuPDF's
+    path keys cannot cross those). A page's resources are its own after
+    ``insert_pdf``, which copies inherited attributes onto the page."""
+    xref, path = page_xref, ""
+    for key in ("Resources", "Font"):
+        kind, value = doc.xref_get_key(xref, path + key)
+        if kind == "xref":
+            xref, path = int(value.split()[0]), ""
+        else:
+            path += key + "/"
+    doc.xref_set_key(xref, path + _FONT_NAME, f"{font_xref} 0 R")
+
+
+def _image_page(
+    doc: pymupdf.Document, item: PdfPage, default_dpi: float, layer: _TextLayer
+) -> None:
     """Add an image page: its size from pixels and DPI, the scan's bytes kept.
 
     A JPEG keeps its bytes (DCTDecode), a PNG its compressed image data (FlateDecode
@@ -333,7 +366,7 @@ def _image_page(doc: pymupdf.Document, item: PdfPage, default_dpi: float) -> Non
         keep_proportion=False,
     )
     if ocr is not None:
-        _add_text_layer(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
+        layer.add(page, ocr, pymupdf.Matrix(72.0 / ocr.dpi, 72.0 / ocr.dpi))
 
 
 def _png_chunks(data: bytes) -> dict[bytes, list[bytes]]:
@@ -393,7 +426,11 @@ def _lossless(im: Image.Image) -> bytes:
 
 
 def _pdf_page(
-    doc: pymupdf.Document, src: pymupdf.Document, item: PdfPage, policy: TextPolicy
+    doc: pymupdf.Document,
+    src: pymupdf.Document,
+    item: PdfPage,
+    policy: TextPolicy,
+    layer: _TextLayer,
 ) -> None:
     """Copy a PDF page as it is and lay the text layer on top.
 
@@ -410,7 +447,7 @@ def _pdf_page(
     if policy is TextPolicy.redo:
         _remove_invisible_text(page)
     zoom = 72.0 / item.ocr.dpi
-    _add_text_layer(page, item.ocr, pymupdf.Matrix(zoom, zoom) * page.derotation_matrix)
+    layer.add(page, item.ocr, pymupdf.Matrix(zoom, zoom) * page.derotation_matrix)
 
 
 def _remove_invisible_text(page: pymupdf.Page) -> None:
@@ -439,15 +476,16 @@ def _write_chunk(pages: list[PdfPage], policy: TextPolicy, default_dpi: float) -
     """Build ``pages`` in a new document, fonts subset, streams compressed."""
     doc = pymupdf.open()
     sources: dict[Path, pymupdf.Document] = {}
+    layer = _TextLayer()
     try:
         for item in pages:
             if item.source.kind == "pdf":
                 path = item.source.path
                 if path not in sources:
                     sources[path] = _open_pdf(path)
-                _pdf_page(doc, sources[path], item, policy)
+                _pdf_page(doc, sources[path], item, policy, layer)
             else:
-                _image_page(doc, item, default_dpi)
+                _image_page(doc, item, default_dpi, layer)
     finally:
         for src in sources.values():
             src.close()
