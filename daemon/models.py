@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -221,14 +222,19 @@ def ensure_default_models(models_root: Path) -> dict[str, Path]:
         ModelError: the rapidocr wheel is missing or its files are unusable.
     """
     found = {}
-    for name, role in ((DEFAULT_DET_MODEL, "det"), (DEFAULT_REC_MODEL, "rec")):
-        target = models_root / name
-        try:
-            check_model_dir(target, name)
-        except ModelError:
-            _assemble(name, rapidocr_models_dir() / _RAPIDOCR_FILES[name], target)
-            check_model_dir(target, name)
-        found[role] = target
+    models_root.mkdir(parents=True, exist_ok=True)
+    # Workers start together: the lock makes one assemble while the others wait, so
+    # none replaces a directory another has just built and is loading.
+    with (models_root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, role in ((DEFAULT_DET_MODEL, "det"), (DEFAULT_REC_MODEL, "rec")):
+            target = models_root / name
+            try:
+                check_model_dir(target, name)
+            except ModelError:
+                _assemble(name, rapidocr_models_dir() / _RAPIDOCR_FILES[name], target)
+                check_model_dir(target, name)
+            found[role] = target
     return found
 
 

@@ -54,6 +54,30 @@ def test_a_corrupt_default_directory_is_rebuilt(tmp_path):
     check_model_dir(root / DEFAULT_DET_MODEL, DEFAULT_DET_MODEL)
 
 
+def test_workers_starting_together_assemble_the_models_once_and_all_succeed(tmp_path):
+    code = (
+        "import sys; from pathlib import Path; from daemon.models import ensure_default_models;"
+        "print(ensure_default_models(Path(sys.argv[1]))['rec'])"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "models")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    outcomes = [(p.wait(timeout=120), p.stderr.read()) for p in starts]
+    assert outcomes == [(0, "")] * 4
+    check_model_dir(tmp_path / "models" / DEFAULT_REC_MODEL, DEFAULT_REC_MODEL)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        ".lock",
+        DEFAULT_DET_MODEL,
+        DEFAULT_REC_MODEL,
+    ]
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
