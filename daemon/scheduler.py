@@ -92,7 +92,7 @@ class Scheduler:
             self._failed(page, exc.reason, final=final, attempts=attempts)
             return
         self.store.page_done(page.id, result.to_dict(), result.seconds, device=result.device)
-        log.info("page_done", seconds=result.seconds, lines=len(result.lines))
+        log.info("page_done", device=result.device, seconds=result.seconds, lines=len(result.lines))
 
     def _failed(self, page: Page, reason: str, *, final: bool, attempts: int = 1) -> None:
         self.store.page_attempt_failed(page.id, reason, final=final)

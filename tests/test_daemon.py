@@ -58,6 +58,12 @@ def test_a_completed_folder_is_published_in_natural_order(daemon):
     assert not (daemon.inbox / "letters" / ".complete").exists()  # the marker is consumed
     assert list((daemon.state / "cache" / "documents").glob("*/*")) == []
     assert daemon.stop() == 0
+    lines = daemon.log_path.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    done = [e for e in events if e["event"] == "page_done"]  # JSON lines, each bound
+    assert sorted((e["document"], e["page"], e["device"]) for e in done) == [
+        ("letters", f"letters/{name}#1", "cpu") for name in ("p1.png", "p10.png", "p2.png")
+    ]
 
 
 def test_a_loose_file_is_its_own_document_once_stable(daemon):
