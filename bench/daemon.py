@@ -46,8 +46,9 @@ def make_pages(folder: Path, count: int) -> list[Path]:
 
 
 def bare_loop(settings, pages: list[Path]) -> float:
-    """Seconds for one in-process engine to read the pages (after loading and warm-up)."""
-    from daemon.engine import PaddleEngine, load_page_image, make_result
+    """Seconds for one in-process engine to read the pages (after loading and warm-up),
+    as a worker reads them (``read_page``: a poorly read page is read turned too)."""
+    from daemon.engine import PaddleEngine, load_page_image, read_page
 
     os.environ["PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK"] = "True"
     engine = PaddleEngine(settings, "cpu")
@@ -55,7 +56,7 @@ def bare_loop(settings, pages: list[Path]) -> float:
     started = time.perf_counter()
     for page in pages:
         image = load_page_image(page)
-        make_result(image, engine.recognize(image))
+        read_page(engine, image, upside_down_confidence=settings.ocr.upside_down_confidence)
     return time.perf_counter() - started
 
 

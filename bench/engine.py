@@ -66,7 +66,8 @@ def main() -> None:
         return Settings.model_validate(
             {
                 "folders": {"state": str(state)},
-                "ocr": {"cpu_threads": threads},
+                # the bare predict loop reads each page once: so do the workers here
+                "ocr": {"cpu_threads": threads, "upside_down_confidence": 0.0},
                 "workers": {"devices": devices},
             }
         )

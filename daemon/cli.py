@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _ocr_files(settings: Settings, files: Sequence[Path], as_json: bool) -> ExitCode:
     """OCR every page of ``files`` through the worker pool and print the results."""
     from .engine import OcrResult
-    from .layout import reading_order
+    from .layout import lines_in_reading_order
     from .pdf import PageSource, PageSourceError, expand_pages, prepare_page
     from .workers import PageFailedError, WorkerPool, open_worker_pool
 
@@ -99,7 +99,7 @@ async def _ocr_files(settings: Settings, files: Sequence[Path], as_json: bool) -
             report.append({**where, **outcome.to_dict()})
             if not as_json:
                 print(f"==> {source.path} page {source.index + 1} <==")
-                print("\n".join(outcome.lines[i].text for i in reading_order(outcome.lines)))
+                print("\n".join(line.text for line in lines_in_reading_order(outcome)))
         else:
             print(f"scanhopper: {source.path} page {source.index + 1}: {outcome}", file=sys.stderr)
             report.append({**where, "error": str(outcome)})

@@ -166,6 +166,10 @@ class OcrSettings(_Strict):
     """PaddleX name of the text line orientation model."""
     textline_orientation_model_dir: Path | None = None
     """Local directory of the text line orientation model."""
+    upside_down_confidence: float = Field(0.8, ge=0.0, le=1.0)
+    """A page of at least 3 lines whose mean line confidence is below this is read again
+    turned 180 degrees, and kept turned when that reads clearly better (feeders put
+    pages in upside down); ``0`` turns the check off. See ``engine.read_page``."""
     rec_batch_size: int = Field(8, ge=1, le=256)
     """Text lines recognised per batch."""
     det_limit_side_len: int | None = Field(None, ge=32, le=8192)

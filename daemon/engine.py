@@ -6,6 +6,7 @@ This is the only module that imports PaddleOCR, and it does so only inside
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import warnings
@@ -32,6 +33,7 @@ __all__ = [
     "limit_image_pixels",
     "load_page_image",
     "make_result",
+    "read_page",
 ]
 
 Point = tuple[float, float]
@@ -98,6 +100,14 @@ class OcrResult:
     seconds: float | None = None
     """Seconds the worker spent on the page (decoding and OCR, not the time it waited
     in a queue), when read by a worker pool."""
+    rotation: int = 0
+    """Degrees the page must be turned to read upright: ``0``, or ``180`` when it was
+    found upside down (see :func:`read_page`). Polygons stay in the image's own pixels."""
+
+    def upright_lines(self) -> tuple[TextLine, ...]:
+        """The lines with their polygons on the page turned upright (``rotation``), for
+        laying them out as a person reads them."""
+        return _turned(self.lines, self.width, self.height) if self.rotation else self.lines
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, as stored in the state database and sidecars."""
@@ -108,6 +118,7 @@ class OcrResult:
             "lines": [line.to_dict() for line in self.lines],
             "device": self.device,
             "seconds": self.seconds,
+            "rotation": self.rotation,
         }
 
     @classmethod
@@ -121,7 +132,21 @@ class OcrResult:
             lines,
             data.get("device"),
             data.get("seconds"),
+            int(data.get("rotation", 0)),
         )
+
+
+def _turned(lines: tuple[TextLine, ...], width: int, height: int) -> tuple[TextLine, ...]:
+    """``lines`` on the page turned 180 degrees: ``(x, y) -> (width - x, height - y)``.
+    Each polygon keeps its corner order, so its first edge stays the text's top edge."""
+    return tuple(
+        TextLine(
+            line.text,
+            line.confidence,
+            tuple((width - x, height - y) for x, y in line.polygon),  # type: ignore[arg-type]
+        )
+        for line in lines
+    )
 
 
 @dataclass(frozen=True)
@@ -222,6 +247,44 @@ def make_result(image: PageImage, lines: list[TextLine]) -> OcrResult:
         )
         kept.append(TextLine(text, line.confidence, polygon))  # type: ignore[arg-type]
     return OcrResult(width, height, image.dpi, tuple(kept))
+
+
+_UPSIDE_DOWN_MIN_LINES = 3
+"""Lines a page needs before its mean confidence says anything about its orientation."""
+_UPSIDE_DOWN_MARGIN = 0.1
+"""How much higher the turned reading's mean confidence must be to be kept."""
+
+
+def _mean_confidence(result: OcrResult) -> float:
+    return sum(line.confidence for line in result.lines) / max(len(result.lines), 1)
+
+
+def read_page(engine: OcrEngine, image: PageImage, *, upside_down_confidence: float) -> OcrResult:
+    """OCR one page; read it again turned 180 degrees when it reads poorly.
+
+    An upside-down page reads as garbage with a low mean line confidence (measured on
+    ``pdf/cardinal.pdf``: 0.99 on its upright pages, 0.66 on its upside-down ones). A
+    page of at least 3 lines whose mean confidence is below ``upside_down_confidence``
+    is read again turned; the turned reading is kept when its mean confidence is at
+    least 0.1 higher, its polygons mapped back to the image's own pixels and
+    ``rotation`` set to 180. Pages that read well are read once.
+
+    Raises:
+        EngineOutputError: as :func:`make_result`.
+    """
+    result = make_result(image, engine.recognize(image))
+    if (
+        len(result.lines) < _UPSIDE_DOWN_MIN_LINES
+        or _mean_confidence(result) >= upside_down_confidence
+    ):
+        return result
+    turned_image = dataclasses.replace(image, pixels=np.ascontiguousarray(image.pixels[::-1, ::-1]))
+    turned = make_result(turned_image, engine.recognize(turned_image))
+    if _mean_confidence(turned) < _mean_confidence(result) + _UPSIDE_DOWN_MARGIN:
+        return result
+    return dataclasses.replace(
+        result, lines=_turned(turned.lines, result.width, result.height), rotation=180
+    )
 
 
 class PaddleEngine:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from statistics import median
 
-from .engine import TextLine
+from .engine import OcrResult, TextLine
 
-__all__ = ["reading_order"]
+__all__ = ["lines_in_reading_order", "reading_order"]
 
 Box = tuple[float, float, float, float]
 """Axis-aligned bounding box in pixels: ``(x0, y0, x1, y1)``."""
@@ -49,6 +49,12 @@ def reading_order(lines: Sequence[TextLine]) -> list[int]:
         return sorted(range(len(boxes)), key=lambda i: (-(boxes[i][0] + boxes[i][2]), boxes[i][1]))
     unit = max(median(heights), 1.0)
     return _order(list(range(len(boxes))), boxes, unit)
+
+
+def lines_in_reading_order(result: OcrResult) -> list[TextLine]:
+    """A page's lines (polygons in the image's pixels) in the order a person reads the
+    page turned upright (``result.rotation``)."""
+    return [result.lines[i] for i in reading_order(result.upright_lines())]
 
 
 def _order(ids: list[int], boxes: list[Box], unit: float) -> list[int]:

@@ -26,7 +26,7 @@ from .config import TextPolicy
 from .engine import OcrResult, TextLine
 from .engine import image_dpi as file_dpi
 from .files import write_atomically
-from .layout import reading_order
+from .layout import lines_in_reading_order
 
 __all__ = [
     "EncryptedPdfError",
@@ -285,7 +285,9 @@ class _TextLayer:
 
     def add(self, page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
         """Write every OCR line as invisible text (render mode 3) in one content stream,
-        drawn after the page's own content (which is wrapped in ``q``/``Q`` first).
+        drawn after the page's own content (which is wrapped in ``q``/``Q`` first);
+        then turn a page the OCR found upside down (``ocr.rotation``) by adding to its
+        ``/Rotate``, so it shows upright (the text turns with it).
 
         Args:
             to_page: OCR pixels -> PyMuPDF page space (unrotated, y downwards).
@@ -298,13 +300,15 @@ class _TextLayer:
         else:
             self.font_xref = page.insert_font(fontname=_FONT_NAME, fontbuffer=_FONT.buffer)
         to_pdf = to_page * ~page.transformation_matrix
-        body = "".join(_line_operators(ocr.lines[i], to_pdf) for i in reading_order(ocr.lines))
+        body = "".join(_line_operators(line, to_pdf) for line in lines_in_reading_order(ocr))
         page.wrap_contents()
         xref = doc.get_new_xref()
         doc.update_object(xref, "<<>>")
         doc.update_stream(xref, body.encode("ascii"))
         contents = [*page.get_contents(), xref]
         doc.xref_set_key(page.xref, "Contents", "[" + " ".join(f"{x} 0 R" for x in contents) + "]")
+        if ocr.rotation:
+            page.set_rotation((page.rotation + ocr.rotation) % 360)
 
 
 def _set_font_resource(doc: pymupdf.Document, page_xref: int, font_xref: int) -> None:

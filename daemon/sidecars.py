@@ -11,17 +11,13 @@ from . import __version__
 from .config import Sidecar
 from .engine import OcrResult, TextLine
 from .files import write_atomically
-from .layout import reading_order
+from .layout import lines_in_reading_order
 
 __all__ = ["render_sidecar", "write_sidecars"]
 
 
 Pages = Sequence[OcrResult | None]
 """A document's OCR results in page order; ``None`` for a page without a text layer."""
-
-
-def _ordered(result: OcrResult) -> list[TextLine]:
-    return [result.lines[i] for i in reading_order(result.lines)]
 
 
 def _bbox(line: TextLine) -> tuple[int, int, int, int]:
@@ -31,7 +27,8 @@ def _bbox(line: TextLine) -> tuple[int, int, int, int]:
 
 def _txt(pages: Pages, title: str) -> str:
     return "\f".join(
-        "".join(f"{line.text}\n" for line in _ordered(page)) if page else "" for page in pages
+        "".join(f"{line.text}\n" for line in lines_in_reading_order(page)) if page else ""
+        for page in pages
     )
 
 
@@ -39,7 +36,7 @@ def _json(pages: Pages, title: str) -> str:
     body = [
         None
         if page is None
-        else {**page.to_dict(), "lines": [line.to_dict() for line in _ordered(page)]}
+        else {**page.to_dict(), "lines": [line.to_dict() for line in lines_in_reading_order(page)]}
         for page in pages
     ]
     return json.dumps({"title": title, "pages": body}, ensure_ascii=False, indent=1)
@@ -61,7 +58,7 @@ def _hocr(pages: Pages, title: str) -> str:
             f'<div class="ocr_page" id="page_{n}" '
             f'title="bbox 0 0 {width} {height}; ppageno {n - 1}">'
         )
-        for k, line in enumerate(_ordered(page) if page else [], 1):
+        for k, line in enumerate(lines_in_reading_order(page) if page else [], 1):
             x0, y0, x1, y1 = _bbox(line)
             conf = round(line.confidence * 100)
             out.append(
@@ -95,7 +92,7 @@ def _alto(pages: Pages, title: str) -> str:
             f'<Page ID="page_{n}" PHYSICAL_IMG_NR="{n}" WIDTH="{width}" HEIGHT="{height}">'
             f'<PrintSpace HPOS="0" VPOS="0" WIDTH="{width}" HEIGHT="{height}">'
         )
-        lines = _ordered(page) if page else []
+        lines = lines_in_reading_order(page) if page else []
         if lines:
             out.append(f'<TextBlock ID="block_{n}">')
             for k, line in enumerate(lines, 1):

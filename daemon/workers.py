@@ -499,7 +499,7 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
 
 def _worker_main(device: str, settings_json: str) -> int:
     """Body of a worker process: load the engine once, answer requests until EOF."""
-    from .engine import create_engine, limit_image_pixels, load_page_image, make_result
+    from .engine import create_engine, limit_image_pixels, load_page_image, read_page
 
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # whatever PaddleOCR prints goes to stderr, not into the protocol
@@ -533,7 +533,9 @@ def _worker_main(device: str, settings_json: str) -> int:
                 frame=request["frame"],
                 default_dpi=settings.output.image_dpi,
             )
-            result = make_result(image, engine.recognize(image))
+            result = read_page(
+                engine, image, upside_down_confidence=settings.ocr.upside_down_confidence
+            )
         except Exception as exc:  # reported per page; the worker goes on
             send({"type": "error", "id": request["id"], "error": f"{type(exc).__name__}: {exc}"})
             continue

@@ -7,10 +7,13 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from daemon.config import Settings
-from daemon.engine import OcrResult, load_page_image
+from daemon.engine import OcrResult, PageImage, TextLine, load_page_image, read_page
+from daemon.layout import lines_in_reading_order
 from daemon.workers import open_worker_pool
 
 pytestmark = pytest.mark.anyio
@@ -24,10 +27,14 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-async def results(corpus, shared_state) -> dict[str, OcrResult]:
+async def results(corpus, shared_state, tmp_path_factory) -> dict[str, OcrResult]:
+    turned = tmp_path_factory.mktemp("turned") / "typewriter-upside-down.png"
+    Image.open(corpus / "images/typewriter.png").rotate(180).save(turned)
     settings = Settings.model_validate({"folders": {"state": str(shared_state)}})
     async with open_worker_pool(settings) as pool:
-        return {page: await pool.ocr(corpus / page) for page in PAGES}
+        found = {page: await pool.ocr(corpus / page) for page in PAGES}
+        found["upside-down"] = await pool.ocr(turned)
+    return found
 
 
 def _texts(result: OcrResult) -> list[str]:
@@ -62,9 +69,78 @@ async def test_polygons_lie_inside_the_image_and_scores_are_probabilities(result
 
 
 async def test_size_matches_the_decoded_page(results, corpus):
-    for page, result in results.items():
+    for page in PAGES:
         pixels = load_page_image(corpus / page).pixels
-        assert (result.height, result.width) == pixels.shape[:2]
+        assert (results[page].height, results[page].width) == pixels.shape[:2]
+
+
+async def test_an_upside_down_page_reads_like_the_upright_one(results):
+    upright, turned = results["images/typewriter.png"], results["upside-down"]
+    assert (upright.rotation, turned.rotation) == (0, 180)
+    assert [line.text for line in lines_in_reading_order(turned)][:5] == [
+        line.text for line in lines_in_reading_order(upright)
+    ][:5]
+    first = lines_in_reading_order(turned)[0]  # polygons in the turned image's pixels
+    x0, y0, x1, y1 = lines_in_reading_order(upright)[0].bbox
+    expected = (turned.width - x1, turned.height - y1, turned.width - x0, turned.height - y0)
+    assert all(abs(a - b) < 8 for a, b in zip(first.bbox, expected, strict=True))
+
+
+class _OrientationEngine:
+    """Reads three confident lines when the dark corner is top left, garbage otherwise."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def recognize(self, image: PageImage) -> list[TextLine]:
+        self.calls += 1
+        height, width = image.pixels.shape[:2]
+        upright = image.pixels[0, 0, 0] < 128
+        lines = []
+        for n, word in enumerate(("first", "second", "third")):
+            y = height * (0.1 + 0.2 * n)
+            box = ((10.0, y), (width * 0.6, y), (width * 0.6, y + 20), (10.0, y + 20))
+            lines.append(TextLine(word if upright else "~#", 0.95 if upright else 0.4, box))
+        return lines
+
+
+def _page_with_dark_corner(at_top_left: bool) -> PageImage:
+    pixels = np.full((200, 300, 3), 255, dtype=np.uint8)
+    if at_top_left:
+        pixels[:5, :5] = 0
+    else:
+        pixels[-5:, -5:] = 0
+    return PageImage(pixels, 300.0)
+
+
+def test_a_page_that_reads_well_is_read_once():
+    engine = _OrientationEngine()
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (1, 0)
+
+
+def test_an_upside_down_page_is_read_turned_and_mapped_back():
+    engine = _OrientationEngine()
+    result = read_page(engine, _page_with_dark_corner(False), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (2, 180)
+    assert [line.text for line in lines_in_reading_order(result)] == ["first", "second", "third"]
+    first = lines_in_reading_order(result)[0]
+    assert first.polygon[0] == (290.0, 180.0)  # the text's top left, now at bottom right
+    assert first.bbox == (120.0, 160.0, 290.0, 180.0)
+    assert OcrResult.from_dict(result.to_dict()) == result
+
+
+def test_a_poor_page_that_reads_no_better_turned_is_kept_as_read():
+    class Poor(_OrientationEngine):
+        def recognize(self, image):
+            return [TextLine("x", 0.5, line.polygon) for line in super().recognize(image)]
+
+    engine = Poor()
+    result = read_page(engine, _page_with_dark_corner(False), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (2, 0)
+    off = Poor()
+    read_page(off, _page_with_dark_corner(False), upside_down_confidence=0.0)
+    assert off.calls == 1
 
 
 def test_ocr_command_prints_text_and_json(corpus, shared_state, tmp_path):

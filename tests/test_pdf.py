@@ -72,9 +72,17 @@ def _chars(page: pymupdf.Page) -> list[tuple[str, pymupdf.Rect, tuple[float, flo
 
 
 def _to_page(page: pymupdf.Page, ocr: OcrResult) -> pymupdf.Matrix:
-    """OCR pixels -> PyMuPDF's unrotated page space (where extraction reports boxes)."""
+    """OCR pixels -> PyMuPDF's unrotated page space (where extraction reports boxes).
+
+    The OCR saw the page as it was shown before a page found upside down was turned
+    (``ocr.rotation``), so the derotation is that of the rotation it had then.
+    """
     zoom = 72.0 / ocr.dpi
-    return pymupdf.Matrix(zoom, zoom) * page.derotation_matrix
+    shown = page.rotation
+    page.set_rotation((shown - ocr.rotation) % 360)
+    matrix = pymupdf.Matrix(zoom, zoom) * page.derotation_matrix
+    page.set_rotation(shown)
+    return matrix
 
 
 def _check_round_trip(pdf: Path, pages: list[PdfPage]) -> int:
@@ -201,6 +209,15 @@ def test_a_rotated_pdf_page_gets_its_text_layer_along_the_rotation(corpus, ocr_o
     with pymupdf.open(tmp_path / "out.pdf") as doc:
         assert doc[0].rotation == 90
         assert doc[0].get_text().startswith("The LinnSequencer")
+
+
+def test_a_page_found_upside_down_is_turned_upright_with_its_text(corpus, ocr_of, tmp_path):
+    pdf, pages = _build(corpus, ocr_of, "pdf/cardinal.pdf", tmp_path / "out.pdf")
+    assert [item.ocr.rotation for item in pages] == [0, 0, 180, 180]  # content 0/90/180/270
+    assert _check_round_trip(pdf, pages) == sum(len(item.ocr.lines) for item in pages)
+    with pymupdf.open(pdf) as doc:
+        assert [page.rotation for page in doc] == [0, 0, 180, 180]
+        assert doc[2].get_text().startswith("The LinnSequencer")  # reads, first line first
 
 
 def test_a_jpeg_page_keeps_the_source_jpeg_bytes(corpus, ocr_of, tmp_path):
