@@ -58,11 +58,13 @@ def _hocr(pages: Pages, title: str) -> str:
             f'<div class="ocr_page" id="page_{n}" '
             f'title="bbox 0 0 {width} {height}; ppageno {n - 1}">'
         )
+        # hOCR 1.2, textangle: the text's rotation against the page (an upside-down page)
+        angle = f"; textangle {page.rotation}" if page and page.rotation else ""
         for k, line in enumerate(lines_in_reading_order(page) if page else [], 1):
             x0, y0, x1, y1 = _bbox(line)
             conf = round(line.confidence * 100)
             out.append(
-                f'<span class="ocr_line" id="line_{n}_{k}" title="bbox {x0} {y0} {x1} {y1}">'
+                f'<span class="ocr_line" id="line_{n}_{k}" title="bbox {x0} {y0} {x1} {y1}{angle}">'
                 f'<span class="ocrx_word" id="word_{n}_{k}" '
                 f'title="bbox {x0} {y0} {x1} {y1}; x_wconf {conf}">'
                 f"{escape(line.text)}</span></span>"
@@ -94,7 +96,9 @@ def _alto(pages: Pages, title: str) -> str:
         )
         lines = lines_in_reading_order(page) if page else []
         if lines:
-            out.append(f'<TextBlock ID="block_{n}">')
+            # ALTO 4 ROTATION: degrees counterclockwise (180 for an upside-down page)
+            rotation = f' ROTATION="{page.rotation}"' if page and page.rotation else ""
+            out.append(f'<TextBlock ID="block_{n}"{rotation}>')
             for k, line in enumerate(lines, 1):
                 x0, y0, x1, y1 = _bbox(line)
                 geometry = f'HPOS="{x0}" VPOS="{y0}" WIDTH="{x1 - x0}" HEIGHT="{y1 - y0}"'

@@ -89,6 +89,39 @@ def test_alto_parses_and_carries_every_line_with_pixel_geometry():
     ]
 
 
+def test_an_upside_down_page_reads_upright_and_says_it_is_turned():
+    # two lines of a 600 x 400 px page fed in upside down: "top" is the first line read,
+    # but lies lower in the image's own pixels (its polygon turned 180 degrees)
+    def turned(text, x0, y0, x1, y1):
+        return TextLine(
+            text,
+            0.9,
+            (
+                (600 - x0, 400 - y0),
+                (600 - x1, 400 - y0),
+                (600 - x1, 400 - y1),
+                (600 - x0, 400 - y1),
+            ),
+        )
+
+    page = OcrResult(
+        600,
+        400,
+        300.0,
+        (turned("bottom", 10, 300, 200, 330), turned("top", 10, 20, 200, 50)),
+        rotation=180,
+    )
+    assert render_sidecar(Sidecar.txt, [page], title="doc") == "top\nbottom\n"
+    hocr = ET.fromstring(render_sidecar(Sidecar.hocr, [page], title="doc"))
+    lines = hocr.findall(".//{http://www.w3.org/1999/xhtml}span[@class='ocr_line']")
+    assert [line.get("title") for line in lines] == [
+        "bbox 400 350 590 380; textangle 180",
+        "bbox 400 70 590 100; textangle 180",
+    ]
+    alto = ET.fromstring(render_sidecar(Sidecar.alto, [page], title="doc"))
+    assert alto.find(f".//{ALTO}TextBlock").get("ROTATION") == "180"
+
+
 def test_the_txt_sidecar_equals_the_pdfs_extracted_text(tmp_path):
     from PIL import Image
 
