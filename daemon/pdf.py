@@ -315,7 +315,9 @@ def _set_font_resource(doc: pymupdf.Document, page_xref: int, font_xref: int) ->
     """Name ``font_xref`` as our font in the page's ``/Resources /Font`` dictionary,
     following ``/Resources`` and ``/Font`` where they are indirect objects (PyMuPDF's
     path keys cannot cross those). A page's resources are its own after
-    ``insert_pdf``, which copies inherited attributes onto the page."""
+    ``insert_pdf``, which copies inherited attributes onto the page. A page that names
+    our font already (a PDF scanhopper wrote, OCR'd again) keeps it, as with
+    ``Page.insert_font``."""
     xref, path = page_xref, ""
     for key in ("Resources", "Font"):
         kind, value = doc.xref_get_key(xref, path + key)
@@ -323,7 +325,8 @@ def _set_font_resource(doc: pymupdf.Document, page_xref: int, font_xref: int) ->
             xref, path = int(value.split()[0]), ""
         else:
             path += key + "/"
-    doc.xref_set_key(xref, path + _FONT_NAME, f"{font_xref} 0 R")
+    if doc.xref_get_key(xref, path + _FONT_NAME)[0] == "null":
+        doc.xref_set_key(xref, path + _FONT_NAME, f"{font_xref} 0 R")
 
 
 def _image_page(

@@ -323,6 +323,17 @@ def test_redo_replaces_an_earlier_ocr_layer_instead_of_adding_a_second(corpus, o
         assert len(b[0].get_images()) == 1
 
 
+def test_redo_of_a_many_page_pdf_we_wrote_gives_every_page_its_text_again(corpus, ocr_of, tmp_path):
+    first, pages = _build(corpus, ocr_of, "pdf/multipage.pdf", tmp_path / "first.pdf")
+    again = [
+        PdfPage(source, item.ocr) for source, item in zip(expand_pages(first), pages, strict=True)
+    ]
+    assemble_pdf(again, tmp_path / "again.pdf", title="again", policy=TextPolicy.redo)
+    assert _check_round_trip(tmp_path / "again.pdf", again) > 0
+    with pymupdf.open(first) as a, pymupdf.open(tmp_path / "again.pdf") as b:
+        assert [page.get_text() for page in b] == [page.get_text() for page in a]
+
+
 def test_metadata_names_title_producer_and_date(corpus, ocr_of, tmp_path):
     pdf, _ = _build(corpus, ocr_of, "images/korean.jpg", tmp_path / "Letters 1921.pdf")
     with pymupdf.open(pdf) as doc:
