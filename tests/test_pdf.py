@@ -334,6 +334,42 @@ def test_redo_of_a_many_page_pdf_we_wrote_gives_every_page_its_text_again(corpus
         assert [page.get_text() for page in b] == [page.get_text() for page in a]
 
 
+def _pdf_with_inherited_resources(path: Path) -> None:
+    """Two pages drawing one image through ``/Resources`` held, as an indirect object,
+    by the page tree rather than by the pages (PDF 1.7, 7.7.3.4)."""
+    doc = pymupdf.open()
+    page = doc.new_page(width=200, height=100)
+    pixmap = pymupdf.Pixmap(pymupdf.csRGB, pymupdf.IRect(0, 0, 20, 10), False)
+    pixmap.clear_with(0)
+    page.insert_image(page.rect, pixmap=pixmap)
+    first = page.xref
+    resources = doc.xref_get_key(first, "Resources")[1]
+    contents = doc.xref_get_key(first, "Contents")[1]
+    tree = int(doc.xref_get_key(doc.pdf_catalog(), "Pages")[1].split()[0])
+    doc.xref_set_key(tree, "Resources", resources)
+    doc.xref_set_key(first, "Resources", "null")
+    second = doc.get_new_xref()
+    doc.update_object(
+        second, f"<</Type/Page/Parent {tree} 0 R/MediaBox[0 0 200 100]/Contents {contents}>>"
+    )
+    doc.xref_set_key(tree, "Kids", f"[{first} 0 R {second} 0 R]")
+    doc.xref_set_key(tree, "Count", "2")
+    doc.save(path)
+
+
+def test_pages_with_inherited_resources_keep_their_image_and_get_their_text(tmp_path):
+    _pdf_with_inherited_resources(tmp_path / "inherit.pdf")
+    line = TextLine("hello", 0.9, ((10.0, 10.0), (150.0, 10.0), (150.0, 40.0), (10.0, 40.0)))
+    ocr = OcrResult(200, 100, 72.0, (line,))
+    pages = [PdfPage(PageSource(tmp_path / "inherit.pdf", "pdf", i), ocr) for i in range(2)]
+    assemble_pdf(pages, tmp_path / "out.pdf", title="inherit")
+    with pymupdf.open(tmp_path / "out.pdf") as doc:
+        assert [page.get_text().strip() for page in doc] == ["hello", "hello"]
+        for page in doc:  # the black image still covers the whole page
+            samples = page.get_pixmap().samples
+            assert max(samples) < 128, page.number
+
+
 def test_metadata_names_title_producer_and_date(corpus, ocr_of, tmp_path):
     pdf, _ = _build(corpus, ocr_of, "images/korean.jpg", tmp_path / "Letters 1921.pdf")
     with pymupdf.open(pdf) as doc:
