@@ -8,7 +8,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["numbered_paths", "temp_path_for", "unused_path", "write_atomically"]
+__all__ = [
+    "numbered_paths",
+    "remove_stale_temp_files",
+    "temp_path_for",
+    "unused_path",
+    "write_atomically",
+]
+
+_TEMP_PREFIX = ".scanhopper-"
+_TEMP_SUFFIX = ".part"
 
 
 def numbered_paths(path: Path) -> Iterator[Path]:
@@ -29,7 +38,29 @@ def temp_path_for(dest: Path) -> Path:
     """A temp name beside ``dest`` for writing it: short (so a long ``dest`` name
     still fits the file system's limit), starting with a dot and ending in ``.part``,
     names the watcher ignores."""
-    return dest.with_name(f".scanhopper-{uuid.uuid4().hex[:12]}.part")
+    return dest.with_name(f"{_TEMP_PREFIX}{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}")
+
+
+def remove_stale_temp_files(folder: Path, before: float) -> list[Path]:
+    """Remove the temp files (:func:`temp_path_for`) that writes cut short by a crash
+    or SIGKILL left anywhere under ``folder``.
+
+    Only files last modified before ``before`` (seconds since the epoch, the time this
+    process started) are removed, so a write in progress is never touched. Other
+    names, a user's ``report.pdf.part`` included, are left alone.
+
+    Returns:
+        The files removed (none if ``folder`` does not exist).
+
+    Raises:
+        OSError: ``folder`` or a temp file cannot be read or removed.
+    """
+    removed = []
+    for path in folder.rglob(f"{_TEMP_PREFIX}*{_TEMP_SUFFIX}"):
+        if path.is_file() and path.stat().st_mtime < before:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _fsync(path: Path) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 import uuid
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,7 @@ import structlog
 
 from .config import Settings
 from .engine import limit_image_pixels
+from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
@@ -74,9 +76,7 @@ def request_retry(settings: Settings, target: str | None) -> Path:
     folder = settings.folders.state / "requests"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"retry-{uuid.uuid4().hex}.json"
-    tmp = folder / f".{path.name}.part"
-    tmp.write_text(json.dumps({"retry": target}))
-    tmp.rename(path)
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"retry": target})))
     return path
 
 
@@ -140,11 +140,16 @@ async def _on_signals(
             return
 
 
-def _prepare_folders(settings: Settings) -> None:
-    for folder in (*settings.folders.inbox, settings.folders.outbox, settings.folders.state):
+def _prepare_folders(settings: Settings, started: float) -> None:
+    """Make the folders and remove what a previous run left half-written."""
+    folders = settings.folders
+    for folder in (*folders.inbox, folders.outbox, folders.state):
         folder.mkdir(parents=True, exist_ok=True)
     for leftovers in ("documents", "workers"):  # temp files of a previous run
         shutil.rmtree(settings.cache_dir / leftovers, ignore_errors=True)
+    for folder in (folders.outbox, folders.failed, folders.state / "requests"):
+        for path in remove_stale_temp_files(folder, before=started):
+            log.info("stale_temp_file_removed", path=str(path))
 
 
 async def run_daemon(settings: Settings) -> None:
@@ -155,12 +160,13 @@ async def run_daemon(settings: Settings) -> None:
         StateDatabaseError: the state database is unusable.
         WorkerStartError, ModelError: the OCR workers cannot start.
     """
+    started = time.time()
     limit_image_pixels(settings.output.max_pixels)
     settings.folders.state.mkdir(parents=True, exist_ok=True)
     lock = InstanceLock(settings.folders.state / "daemon.lock")
     lock.acquire()
     try:
-        _prepare_folders(settings)
+        _prepare_folders(settings, started)
         store = Store.open(settings.database)
         try:
             reset = store.reset_in_flight()

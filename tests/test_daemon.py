@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +19,8 @@ import pymupdf
 import pytest
 from harness import Daemon
 from PIL import Image
+
+from daemon.files import remove_stale_temp_files
 
 SCANHOPPER = [sys.executable, "-m", "daemon"]
 """The command line, run with this interpreter (its console script may not be on PATH)."""
@@ -161,6 +164,43 @@ def test_kill_9_mid_document_loses_only_the_pages_in_flight(tmp_path):
     again = [name for name in names if calls.count(name) > 1]
     assert len(again) <= 1  # at most the page its one worker was reading
     assert all(calls.count(name) == 2 for name in again)
+
+
+def test_temp_files_a_killed_run_left_half_written_are_removed_at_start(daemon):
+    old = time.time() - 3600
+    stale = [
+        daemon.outbox / "sub" / ".scanhopper-0123456789ab.part",  # a PDF cut short
+        daemon.home / "failed" / ".scanhopper-ba9876543210.part",  # a reason file
+        daemon.state / "requests" / ".scanhopper-00000000aaaa.part",  # a retry request
+    ]
+    kept = [
+        daemon.outbox / "report.pdf.part",  # not ours
+        daemon.outbox / ".scanhopper-notes.txt",
+        daemon.outbox / "sub" / "earlier.pdf",
+    ]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"%PDF-1.7 cut short")
+        os.utime(path, (old, old))
+    daemon.start()
+    daemon.wait_ready()
+    assert daemon.stop() == 0
+    assert [p for p in stale if p.exists()] == []
+    assert [p for p in kept if not p.exists()] == []
+    removed = [json.loads(line) for line in daemon.log_path.read_text().splitlines()]
+    removed = {e["path"] for e in removed if e.get("event") == "stale_temp_file_removed"}
+    assert removed == {str(p) for p in stale}
+
+
+def test_a_temp_file_written_since_the_daemon_started_is_not_removed(tmp_path):
+    (tmp_path / "sub").mkdir()
+    old, new = tmp_path / "sub" / ".scanhopper-aaaa.part", tmp_path / ".scanhopper-bbbb.part"
+    old.write_bytes(b"x")
+    new.write_bytes(b"x")
+    os.utime(old, (1000.0, 1000.0))
+    assert remove_stale_temp_files(tmp_path, before=new.stat().st_mtime) == [old]
+    assert new.exists() and not old.exists()
+    assert remove_stale_temp_files(tmp_path / "missing", before=time.time()) == []
 
 
 def test_a_second_daemon_refuses_to_start_and_names_the_first(daemon):
