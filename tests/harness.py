@@ -51,6 +51,7 @@ class Daemon:
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None
+        self.log_offset = 0
 
     def command(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run another ``scanhopper`` command with the same configuration."""
@@ -64,8 +65,9 @@ class Daemon:
         )
 
     def start(self) -> Daemon:
-        """Start ``scanhopper run``."""
+        """Start ``scanhopper run`` (its output appended to ``log_path``)."""
         self.log = self.log_path.open("a")
+        self.log_offset = self.log.tell()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "-c", str(self.config), "run"],
             stdout=self.log,
@@ -84,8 +86,15 @@ class Daemon:
         return code
 
     def wait_ready(self, timeout: float = 120) -> None:
-        """Wait until the daemon logs ``daemon_ready`` (workers loaded, intake starting)."""
-        self.wait_for(lambda: "daemon_ready" in self.log_path.read_text(), timeout, "ready")
+        """Wait until the daemon started last logs ``daemon_ready`` (workers loaded,
+        intake starting); a signal sent before may find it without its handlers."""
+
+        def ready() -> bool:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_offset)
+                return b"daemon_ready" in log.read()
+
+        self.wait_for(ready, timeout, "ready")
 
     def status(self) -> list[dict[str, Any]]:
         """``scanhopper status --json``."""

@@ -205,7 +205,7 @@ def test_a_temp_file_written_since_the_daemon_started_is_not_removed(tmp_path):
 
 def test_a_second_daemon_refuses_to_start_and_names_the_first(daemon):
     daemon.start()
-    daemon.wait_for(lambda: (daemon.state / "daemon.lock").read_text().strip().isdigit())
+    daemon.wait_ready()  # holds the lock and handles SIGTERM
     second = daemon.command("run", check=False)
     assert second.returncode == 6
     assert f"pid {daemon.process.pid}" in second.stderr

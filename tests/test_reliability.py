@@ -96,6 +96,7 @@ def test_random_sigkills_lose_nothing_and_never_redo_a_stored_page(tmp_path):
         stored_before.append((float("inf"), stored))
     daemon.start()
     stored_before[-1] = (time.time(), stored_before[-1][1])
+    daemon.wait_ready()  # every document may be published already: stop only once ready
     try:
         daemon.wait_for(
             lambda: set(daemon.states().values()) == {"done"} and len(daemon.states()) == 4,
