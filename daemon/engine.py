@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +35,7 @@ __all__ = [
     "limit_image_pixels",
     "load_page_image",
     "make_result",
+    "page_rotation",
     "read_page",
 ]
 
@@ -101,13 +104,15 @@ class OcrResult:
     """Seconds the worker spent on the page (decoding and OCR, not the time it waited
     in a queue), when read by a worker pool."""
     rotation: int = 0
-    """Degrees the page must be turned to read upright: ``0``, or ``180`` when it was
-    found upside down (see :func:`read_page`). Polygons stay in the image's own pixels."""
+    """Degrees clockwise the page must be turned to read upright: ``0``, ``90``, ``180``
+    or ``270`` (see :func:`page_rotation`). Polygons stay in the image's own pixels."""
 
     def upright_lines(self) -> tuple[TextLine, ...]:
         """The lines with their polygons on the page turned upright (``rotation``), for
         laying them out as a person reads them."""
-        return _turned(self.lines, self.width, self.height) if self.rotation else self.lines
+        if not self.rotation:
+            return self.lines
+        return _turned(self.lines, self.width, self.height, self.rotation)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form, as stored in the state database and sidecars."""
@@ -136,14 +141,23 @@ class OcrResult:
         )
 
 
-def _turned(lines: tuple[TextLine, ...], width: int, height: int) -> tuple[TextLine, ...]:
-    """``lines`` on the page turned 180 degrees: ``(x, y) -> (width - x, height - y)``.
-    Each polygon keeps its corner order, so its first edge stays the text's top edge."""
+def _turned(
+    lines: tuple[TextLine, ...], width: int, height: int, degrees: int
+) -> tuple[TextLine, ...]:
+    """``lines`` of a ``width`` x ``height`` pixel page, on that page turned ``degrees``
+    (90, 180 or 270) clockwise: ``(x, y)`` goes to ``(height - y, x)``, ``(width - x,
+    height - y)`` or ``(y, width - x)``. Each polygon keeps its corner order, so its first
+    edge stays the text's top edge."""
+    turn = {
+        90: lambda x, y: (height - y, x),
+        180: lambda x, y: (width - x, height - y),
+        270: lambda x, y: (y, width - x),
+    }[degrees]
     return tuple(
         TextLine(
             line.text,
             line.confidence,
-            tuple((width - x, height - y) for x, y in line.polygon),  # type: ignore[arg-type]
+            tuple(turn(x, y) for x, y in line.polygon),  # type: ignore[arg-type]
         )
         for line in lines
     )
@@ -249,8 +263,9 @@ def make_result(image: PageImage, lines: list[TextLine]) -> OcrResult:
     return OcrResult(width, height, image.dpi, tuple(kept))
 
 
-_UPSIDE_DOWN_MIN_LINES = 3
-"""Lines a page needs before its mean confidence says anything about its orientation."""
+_ORIENTATION_MIN_LINES = 3
+"""Lines a page needs before their confidence or direction says anything about the
+page's orientation."""
 _UPSIDE_DOWN_MARGIN = 0.1
 """How much higher the turned reading's mean confidence must be to be kept."""
 
@@ -260,31 +275,75 @@ def _mean_confidence(result: OcrResult) -> float:
 
 
 def read_page(engine: OcrEngine, image: PageImage, *, upside_down_confidence: float) -> OcrResult:
-    """OCR one page; read it again turned 180 degrees when it reads poorly.
+    """OCR one page, reading it again turned 180 degrees when it reads poorly, and say
+    how the page must be turned to read upright (:func:`page_rotation`).
 
     An upside-down page reads as garbage with a low mean line confidence (measured on
     ``pdf/cardinal.pdf``: 0.99 on its upright pages, 0.66 on its upside-down ones). A
     page of at least 3 lines whose mean confidence is below ``upside_down_confidence``
     is read again turned; the turned reading is kept when its mean confidence is at
-    least 0.1 higher, its polygons mapped back to the image's own pixels and
-    ``rotation`` set to 180. Pages that read well are read once.
+    least 0.1 higher, its polygons mapped back to the image's own pixels. Pages that
+    read well are read once. (Text turned 90 degrees either way reads without this: the
+    engine turns tall line crops before recognition, and one of the two ways comes out
+    upside down and is read again turned.)
 
     Raises:
         EngineOutputError: as :func:`make_result`.
     """
     result = make_result(image, engine.recognize(image))
     if (
-        len(result.lines) < _UPSIDE_DOWN_MIN_LINES
-        or _mean_confidence(result) >= upside_down_confidence
+        len(result.lines) >= _ORIENTATION_MIN_LINES
+        and _mean_confidence(result) < upside_down_confidence
     ):
-        return result
-    turned_image = dataclasses.replace(image, pixels=np.ascontiguousarray(image.pixels[::-1, ::-1]))
-    turned = make_result(turned_image, engine.recognize(turned_image))
-    if _mean_confidence(turned) < _mean_confidence(result) + _UPSIDE_DOWN_MARGIN:
-        return result
-    return dataclasses.replace(
-        result, lines=_turned(turned.lines, result.width, result.height), rotation=180
-    )
+        turned_image = dataclasses.replace(
+            image, pixels=np.ascontiguousarray(image.pixels[::-1, ::-1])
+        )
+        turned = make_result(turned_image, engine.recognize(turned_image))
+        if _mean_confidence(turned) >= _mean_confidence(result) + _UPSIDE_DOWN_MARGIN:
+            lines = _turned(turned.lines, result.width, result.height, 180)
+            result = dataclasses.replace(result, lines=lines)
+    return dataclasses.replace(result, rotation=page_rotation(result.lines))
+
+
+_CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+"""Kana, CJK ideographs and Hangul syllables: scripts also set in vertical lines."""
+
+
+def _direction(line: TextLine) -> int:
+    """The way the line's text runs, to the nearest quarter turn: 0 (left to right), 90
+    (downwards), 180 (right to left, upside down) or 270 (upwards), in image pixels
+    with y downwards, taken from the polygon's first (top) edge."""
+    (x0, y0), (x1, y1) = line.polygon[0], line.polygon[1]
+    return round(math.degrees(math.atan2(y1 - y0, x1 - x0)) / 90) % 4 * 90
+
+
+def page_rotation(lines: tuple[TextLine, ...]) -> int:
+    """Degrees clockwise (0, 90, 180, 270) to turn a page so its text reads left to right.
+
+    The lines vote with their characters for the way their text runs
+    (:func:`_direction`); a direction held by more than half the characters of a page of
+    at least 3 lines decides: text running downwards (a page turned a quarter clockwise)
+    needs 270, upwards 90, upside down 180. Lines running downwards that are mostly
+    CJK are vertical writing on an upright page, and decide nothing (a CJK page of
+    horizontal lines turned a quarter clockwise therefore stays as it is).
+
+    Args:
+        lines: Text lines, polygons in image pixels with their first edge the text's top
+            edge (as the engine gives them).
+    """
+    if len(lines) < _ORIENTATION_MIN_LINES:
+        return 0
+    votes: Counter[int] = Counter()
+    for line in lines:
+        votes[_direction(line)] += len(line.text)
+    direction, count = votes.most_common(1)[0]
+    if count * 2 <= sum(votes.values()):
+        return 0
+    if direction == 90:
+        text = "".join(line.text for line in lines if _direction(line) == 90)
+        if len(_CJK.findall(text)) * 2 > len(text):
+            return 0
+    return (360 - direction) % 360
 
 
 class PaddleEngine:

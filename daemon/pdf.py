@@ -286,8 +286,8 @@ class _TextLayer:
     def add(self, page: pymupdf.Page, ocr: OcrResult, to_page: pymupdf.Matrix) -> None:
         """Write every OCR line as invisible text (render mode 3) in one content stream,
         drawn after the page's own content (which is wrapped in ``q``/``Q`` first);
-        then turn a page the OCR found upside down (``ocr.rotation``) by adding to its
-        ``/Rotate``, so it shows upright (the text turns with it).
+        then turn a page the OCR found turned (``ocr.rotation``, degrees clockwise) by
+        adding to its ``/Rotate``, so it shows upright (the text turns with it).
 
         Args:
             to_page: OCR pixels -> PyMuPDF page space (unrotated, y downwards).

@@ -58,7 +58,8 @@ def _hocr(pages: Pages, title: str) -> str:
             f'<div class="ocr_page" id="page_{n}" '
             f'title="bbox 0 0 {width} {height}; ppageno {n - 1}">'
         )
-        # hOCR 1.2, textangle: the text's rotation against the page (an upside-down page)
+        # hOCR 1.2 textangle: degrees counterclockwise the text is turned against the page,
+        # which are the degrees clockwise that turn the page upright (OcrResult.rotation)
         angle = f"; textangle {page.rotation}" if page and page.rotation else ""
         for k, line in enumerate(lines_in_reading_order(page) if page else [], 1):
             x0, y0, x1, y1 = _bbox(line)
@@ -96,7 +97,7 @@ def _alto(pages: Pages, title: str) -> str:
         )
         lines = lines_in_reading_order(page) if page else []
         if lines:
-            # ALTO 4 ROTATION: degrees counterclockwise (180 for an upside-down page)
+            # ALTO 4 ROTATION: degrees counterclockwise, as hOCR's textangle
             rotation = f' ROTATION="{page.rotation}"' if page and page.rotation else ""
             out.append(f'<TextBlock ID="block_{n}"{rotation}>')
             for k, line in enumerate(lines, 1):

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from daemon.config import Settings
-from daemon.engine import OcrResult, PageImage, TextLine, load_page_image, read_page
+from daemon.engine import (
+    OcrResult,
+    PageImage,
+    TextLine,
+    load_page_image,
+    page_rotation,
+    read_page,
+)
 from daemon.layout import lines_in_reading_order
 from daemon.workers import open_worker_pool
 
@@ -141,6 +148,71 @@ def test_a_poor_page_that_reads_no_better_turned_is_kept_as_read():
     off = Poor()
     read_page(off, _page_with_dark_corner(False), upside_down_confidence=0.0)
     assert off.calls == 1
+
+
+def _lines_running(direction: int, texts: list[str]) -> tuple[TextLine, ...]:
+    """Lines of a 300 x 600 px page whose text runs ``direction`` (0, 90, 180, 270
+    degrees, y downwards), top edge first, as the engine orders the polygon."""
+    lines = []
+    for n, text in enumerate(texts):
+        a, b = 20.0 + 40 * n, 50.0 + 40 * n  # across the text
+        run = {
+            0: ((10.0, a), (250.0, a), (250.0, b), (10.0, b)),
+            90: ((280.0 - a, 10.0), (280.0 - a, 500.0), (280.0 - b, 500.0), (280.0 - b, 10.0)),
+            180: ((250.0, 580.0 - a), (10.0, 580.0 - a), (10.0, 580.0 - b), (250.0, 580.0 - b)),
+            270: ((a, 500.0), (a, 10.0), (b, 10.0), (b, 500.0)),
+        }[direction]
+        lines.append(TextLine(text, 0.95, run))
+    return tuple(lines)
+
+
+@pytest.mark.parametrize(("direction", "rotation"), [(0, 0), (90, 270), (180, 180), (270, 90)])
+def test_the_page_rotation_follows_the_way_most_text_runs(direction, rotation):
+    texts = ["First line of text", "second line", "third line"]
+    lines = _lines_running(direction, texts)
+    assert page_rotation(lines) == rotation
+    page = OcrResult(300, 600, 300.0, lines, rotation=rotation)
+    upright = page.upright_lines()  # on the page turned upright, text runs left to right
+    assert page_rotation(upright) == 0
+    assert all(_x_span(line) > _y_span(line) for line in upright)
+    assert [line.text for line in lines_in_reading_order(page)] == texts
+    size = (600, 300) if rotation in (90, 270) else (300, 600)
+    for line in upright:
+        assert all(0 <= x <= size[0] and 0 <= y <= size[1] for x, y in line.polygon)
+
+
+def _x_span(line: TextLine) -> float:
+    return line.bbox[2] - line.bbox[0]
+
+
+def _y_span(line: TextLine) -> float:
+    return line.bbox[3] - line.bbox[1]
+
+
+def test_a_page_turned_a_quarter_is_read_once_and_says_so():
+    class Sideways(_OrientationEngine):
+        def recognize(self, image):
+            super().recognize(image)
+            return list(_lines_running(90, ["one line", "two lines", "three lines"]))
+
+    engine = Sideways()
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (1, 270)
+
+
+def test_vertical_cjk_lines_or_too_few_votes_leave_the_page_as_it_is():
+    columns = ["已取之時不參一人見而", "是非不得問之", "有評是是"]  # text_vertical_words.png
+    assert page_rotation(_lines_running(90, columns)) == 0  # vertical writing
+    assert page_rotation(_lines_running(270, columns)) == 90  # never set upwards
+    assert page_rotation(_lines_running(90, ["one", "two"])) == 0  # under 3 lines
+    mixed = (
+        _lines_running(90, ["aaaa", "bbbb"])
+        + _lines_running(0, ["cccc"])
+        + _lines_running(270, ["dddd"])
+    )
+    assert page_rotation(mixed) == 0  # no direction holds more than half the characters
+    label = _lines_running(0, ["a long line of text here", "another line", "third"])
+    assert page_rotation(label + _lines_running(90, ["axis"])) == 0
 
 
 def test_ocr_command_prints_text_and_json(corpus, shared_state, tmp_path):

@@ -211,13 +211,17 @@ def test_a_rotated_pdf_page_gets_its_text_layer_along_the_rotation(corpus, ocr_o
         assert doc[0].get_text().startswith("The LinnSequencer")
 
 
-def test_a_page_found_upside_down_is_turned_upright_with_its_text(corpus, ocr_of, tmp_path):
+def test_pages_found_turned_are_shown_upright_with_their_text(corpus, ocr_of, tmp_path):
     pdf, pages = _build(corpus, ocr_of, "pdf/cardinal.pdf", tmp_path / "out.pdf")
-    assert [item.ocr.rotation for item in pages] == [0, 0, 180, 180]  # content 0/90/180/270
+    # content turned 0/90/180/270 degrees clockwise; each page is turned back
+    assert [item.ocr.rotation for item in pages] == [0, 270, 180, 90]
     assert _check_round_trip(pdf, pages) == sum(len(item.ocr.lines) for item in pages)
     with pymupdf.open(pdf) as doc:
-        assert [page.rotation for page in doc] == [0, 0, 180, 180]
-        assert doc[2].get_text().startswith("The LinnSequencer")  # reads, first line first
+        assert [page.rotation for page in doc] == [0, 270, 180, 90]
+        assert all(page.rect.width < page.rect.height for page in doc)  # portrait, as shown
+        texts = [page.get_text() for page in doc]
+    for text in texts:  # every page reads like the upright one, first line first
+        assert text.startswith("The LinnSequencer\n32 Track MIDI Sequence Recorder\n")
 
 
 def test_a_jpeg_page_keeps_the_source_jpeg_bytes(corpus, ocr_of, tmp_path):

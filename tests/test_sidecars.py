@@ -122,6 +122,26 @@ def test_an_upside_down_page_reads_upright_and_says_it_is_turned():
     assert alto.find(f".//{ALTO}TextBlock").get("ROTATION") == "180"
 
 
+def test_a_page_turned_a_quarter_reads_upright_and_says_how_it_is_turned():
+    # a 400 x 600 px page whose text runs upwards (turned a quarter counterclockwise):
+    # "top" is the line nearest the left edge, its top edge at x = 20
+    def upwards(text, x0, x1):
+        return TextLine(text, 0.9, ((x0, 580.0), (x0, 20.0), (x1, 20.0), (x1, 580.0)))
+
+    page = OcrResult(
+        400, 600, 300.0, (upwards("bottom", 300.0, 330.0), upwards("top", 20.0, 50.0)), rotation=90
+    )
+    assert render_sidecar(Sidecar.txt, [page], title="doc") == "top\nbottom\n"
+    hocr = ET.fromstring(render_sidecar(Sidecar.hocr, [page], title="doc"))
+    lines = hocr.findall(".//{http://www.w3.org/1999/xhtml}span[@class='ocr_line']")
+    assert [line.get("title") for line in lines] == [
+        "bbox 20 20 50 580; textangle 90",  # boxes in the image's own pixels
+        "bbox 300 20 330 580; textangle 90",
+    ]
+    alto = ET.fromstring(render_sidecar(Sidecar.alto, [page], title="doc"))
+    assert alto.find(f".//{ALTO}TextBlock").get("ROTATION") == "90"
+
+
 def test_the_txt_sidecar_equals_the_pdfs_extracted_text(tmp_path):
     from PIL import Image
 
