@@ -3,9 +3,17 @@
 OCRs a few corpus pages once (real engine), then, each in a fresh process, assembles a
 synthetic document of 50 and of 500 pages (the corpus pages repeated) and prints the
 time and the peak RSS of each, and their ratio. Targets: peak RSS under 400 MB for 500
-pages, and no more than 20% above the 50-page figure.
+pages, and no more than 20% above the 50-page figure. (The repeated pages' images are
+identical, and the final whole save writes each once: the output size here is not a
+per-page figure.)
 
-Usage, from the repository root: ``python -m bench.pdf [--pages 50 500]``.
+Then copies born-digital PDFs of 500 and 2,000 pages (``pdf/tagged.pdf`` repeated, its
+fonts shared by every page; no OCR) and prints the time per page of each, their ratio
+(near 1 when copying is linear in the page count), and input and output sizes (the
+output should not be larger: shared fonts are written once).
+
+Usage, from the repository root:
+``python -m bench.pdf [--pages 50 500] [--born-digital 500 2000]``.
 """
 
 from __future__ import annotations
@@ -85,9 +93,32 @@ def assemble(cache: Path, pages: int, dest: Path) -> None:
     )
 
 
+def born_digital(pages: int, work: Path) -> dict[str, float]:
+    """Assemble a ``pages``-page born-digital PDF as it is; its seconds and sizes."""
+    import pymupdf
+
+    from daemon.pdf import PdfPage, assemble_pdf, expand_pages
+
+    source = work / f"born-digital-{pages}.pdf"
+    with pymupdf.open(CORPUS / "pdf/tagged.pdf") as tagged, pymupdf.open() as doc:
+        copies = pages // tagged.page_count
+        for n in range(copies):
+            doc.insert_pdf(tagged, final=int(n == copies - 1))  # one graft map: shared fonts
+        doc.save(source, garbage=4)
+    started = time.perf_counter()
+    assemble_pdf([PdfPage(s, None) for s in expand_pages(source)], work / "out.pdf", title="b")
+    return {
+        "pages": pages,
+        "seconds": time.perf_counter() - started,
+        "in_bytes": source.stat().st_size,
+        "out_bytes": (work / "out.pdf").stat().st_size,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, nargs="+", default=[50, 500])
+    parser.add_argument("--born-digital", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -123,6 +154,19 @@ def main() -> None:
         print(
             f"peak RSS ratio {figures[-1]['pages']}/{figures[0]['pages']} pages: "
             f"{figures[-1]['peak_mb'] / figures[0]['peak_mb']:.3f}"
+        )
+    copied = [born_digital(pages, work) for pages in args.born_digital]
+    for f in copied:
+        print(
+            f"born-digital {f['pages']:5d} pages: {f['seconds']:7.2f} s  "
+            f"{1000 * f['seconds'] / f['pages']:6.2f} ms/page  input {f['in_bytes'] / 1e3:8.1f} kB"
+            f"  output {f['out_bytes'] / 1e3:8.1f} kB"
+        )
+    if len(copied) > 1:
+        per_page = [f["seconds"] / f["pages"] for f in copied]
+        print(
+            f"time per page ratio {copied[-1]['pages']}/{copied[0]['pages']} pages: "
+            f"{per_page[-1] / per_page[0]:.2f}"
         )
 
 

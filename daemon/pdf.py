@@ -25,7 +25,7 @@ from . import __version__
 from .config import TextPolicy
 from .engine import OcrResult, TextLine
 from .engine import image_dpi as file_dpi
-from .files import write_atomically
+from .files import temp_path_for, write_atomically
 from .layout import lines_in_reading_order
 
 __all__ = [
@@ -441,13 +441,22 @@ def _pdf_page(
 ) -> None:
     """Copy a PDF page as it is and lay the text layer on top.
 
-    ``src`` is the page's source document, opened once per chunk so that objects its
-    pages share (an image used on every page) are copied once (PyMuPDF keeps a graft
-    map per source document).
+    ``src`` is the page's source document, opened once per chunk. ``final=0`` keeps
+    PyMuPDF's graft map for it, so objects its pages share (a font or an image used on
+    every page) are copied once per chunk (:func:`assemble_pdf` merges the chunks'
+    copies). Form fields are copied only from a PDF that has them: for every other
+    PDF ``widgets=1`` would only load each of its pages on every call (PyMuPDF's
+    ``repair_flat_rbgs``), which made copying a long PDF quadratic in its page count.
     """
     source = item.source
     _load_page(src, source)
-    doc.insert_pdf(src, from_page=source.index, to_page=source.index)
+    doc.insert_pdf(
+        src,
+        from_page=source.index,
+        to_page=source.index,
+        widgets=bool(src.is_form_pdf),
+        final=0,
+    )
     page = doc[-1]
     if item.ocr is None:
         return
@@ -558,10 +567,13 @@ def assemble_pdf(
     """Write one searchable PDF from pages in order, atomically, in bounded memory.
 
     Pages are built ``chunk_pages`` at a time in a fresh in-memory document, fonts
-    subset, then appended to the output with an incremental save, so memory depends
-    on the chunk size and not on the page count. The output goes to a temp file beside
-    ``dest``, is fsynced and renamed into place; on any error no file is left at
-    ``dest`` or beside it.
+    subset, then appended to a first temp file with an incremental save, so memory
+    depends on the chunk size and not on the page count. That file is then saved whole
+    (MuPDF ``garbage=4``, which streams objects rather than holding them: measured
+    150 MB peak for a 460 MB PDF) into a second temp file: one revision, and the
+    copies that chunks made of objects their source PDF shares across pages (fonts)
+    merged back into one. The second temp file is fsynced and renamed to ``dest``; on
+    any error no file is left at ``dest`` or beside it.
 
     Args:
         pages: Pages in document order; may be a generator.
@@ -583,28 +595,49 @@ def assemble_pdf(
 
     def write(tmp: Path) -> None:
         nonlocal count
-        for chunk in _batched(pages, chunk_pages):
-            part = _write_chunk(chunk, policy, image_dpi)
+        chunks = temp_path_for(dest)
+        try:
+            count = _append_chunks(pages, chunks, title, policy, chunk_pages, image_dpi)
             if count == 0:
-                now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
-                part.set_metadata(
-                    {
-                        "title": title,
-                        "producer": f"scanhopper {__version__}",
-                        "creator": f"scanhopper {__version__}",
-                        "creationDate": now,
-                        "modDate": now,
-                    }
-                )
-                part.save(tmp, garbage=4, deflate=True, use_objstms=1)
-            else:
-                with pymupdf.open(tmp) as out:
-                    out.insert_pdf(part)
-                    out.save(tmp, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
-            count += len(chunk)
-            part.close()
-        if count == 0:
-            raise ValueError(f"{dest}: a document needs at least one page")
+                raise ValueError(f"{dest}: a document needs at least one page")
+            with pymupdf.open(chunks) as doc:
+                doc.save(tmp, garbage=4, deflate=True, use_objstms=1)
+        finally:
+            chunks.unlink(missing_ok=True)
 
     write_atomically(dest, write)
+    return count
+
+
+def _append_chunks(
+    pages: Iterable[PdfPage],
+    path: Path,
+    title: str,
+    policy: TextPolicy,
+    chunk_pages: int,
+    image_dpi: float,
+) -> int:
+    """Write ``pages`` to ``path`` a chunk at a time (see :func:`assemble_pdf`);
+    returns the page count."""
+    count = 0
+    for chunk in _batched(pages, chunk_pages):
+        part = _write_chunk(chunk, policy, image_dpi)
+        if count == 0:
+            now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
+            part.set_metadata(
+                {
+                    "title": title,
+                    "producer": f"scanhopper {__version__}",
+                    "creator": f"scanhopper {__version__}",
+                    "creationDate": now,
+                    "modDate": now,
+                }
+            )
+            part.save(path)
+        else:
+            with pymupdf.open(path) as out:
+                out.insert_pdf(part)
+                out.save(path, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
+        count += len(chunk)
+        part.close()
     return count

@@ -302,6 +302,45 @@ def test_multipage_document_keeps_its_six_pages_in_order(corpus, ocr_of, tmp_pat
             assert page.get_text().startswith(first)
 
 
+def _fonts(doc: pymupdf.Document) -> set[int]:
+    return {font[0] for page in doc for font in page.get_fonts()}
+
+
+def test_objects_a_long_pdf_shares_across_pages_are_written_once(corpus, tmp_path):
+    # 60 pages of a born-digital PDF whose pages all use the same fonts, built in three
+    # chunks: each chunk copies the fonts, and the final save merges the copies
+    with pymupdf.open(corpus / "pdf/tagged.pdf") as tagged, pymupdf.open() as long:
+        for n in range(30):
+            long.insert_pdf(tagged, final=int(n == 29))  # one graft map: fonts shared
+        long.save(tmp_path / "long.pdf", garbage=4)
+        fonts = len(_fonts(long))
+    sources = expand_pages(tmp_path / "long.pdf")
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="long")
+    with pymupdf.open(tmp_path / "long.pdf") as src, pymupdf.open(tmp_path / "out.pdf") as out:
+        assert len(_fonts(out)) == fonts
+        assert [page.get_text() for page in out] == [page.get_text() for page in src]
+    assert (tmp_path / "out.pdf").stat().st_size < (tmp_path / "long.pdf").stat().st_size * 1.1
+
+
+def test_a_pdf_form_keeps_its_fields(tmp_path):
+    with pymupdf.open() as form:
+        for n in range(2):
+            page = form.new_page()
+            field = pymupdf.Widget()
+            field.field_type = pymupdf.PDF_WIDGET_TYPE_TEXT
+            field.field_name = f"name{n}"
+            field.field_value = f"value {n}"
+            field.rect = pymupdf.Rect(72, 72, 300, 100)
+            page.add_widget(field)
+        form.save(tmp_path / "form.pdf")
+    sources = expand_pages(tmp_path / "form.pdf")
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="form")
+    with pymupdf.open(tmp_path / "out.pdf") as out:
+        assert out.is_form_pdf == 2
+        values = [[w.field_value for w in page.widgets()] for page in out]
+        assert values == [["value 0"], ["value 1"]]
+
+
 def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, tmp_path):
     sources = expand_pages(corpus / "pdf/tagged.pdf")
     assert skipped_pages(corpus / "pdf/tagged.pdf", TextPolicy.skip) == {0, 1}
