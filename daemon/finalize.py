@@ -111,6 +111,12 @@ class Finalizer:
                 log.error("publish_failed", error=str(exc), retry_seconds=PUBLISH_RETRY)
                 self._retry_at[document.id] = time.monotonic() + PUBLISH_RETRY
                 return
+            except Exception as exc:
+                # A page MuPDF cannot copy must not stop the daemon: restarted by systemd,
+                # it would meet the same page again. The document fails with the reason.
+                log.exception("assembly_failed")
+                await self._fail(document, f"cannot assemble the PDF ({type(exc).__name__}: {exc})")
+                return
             state = "done_with_errors" if failed else "done"
             errors = "; ".join(f"{p.file} page {p.page_index + 1}: {p.error}" for p in failed)
             self.store.set_document(

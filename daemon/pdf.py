@@ -572,8 +572,9 @@ def assemble_pdf(
     (MuPDF ``garbage=4``, which streams objects rather than holding them: measured
     150 MB peak for a 460 MB PDF) into a second temp file: one revision, and the
     copies that chunks made of objects their source PDF shares across pages (fonts)
-    merged back into one. The second temp file is fsynced and renamed to ``dest``; on
-    any error no file is left at ``dest`` or beside it.
+    merged back into one. Source PDFs' outlines (bookmarks), which copying pages leaves
+    behind, are carried over. The second temp file is fsynced and renamed to ``dest``;
+    on any error no file is left at ``dest`` or beside it.
 
     Args:
         pages: Pages in document order; may be a generator.
@@ -597,10 +598,11 @@ def assemble_pdf(
         nonlocal count
         chunks = temp_path_for(dest)
         try:
-            count = _append_chunks(pages, chunks, title, policy, chunk_pages, image_dpi)
+            count, placed = _append_chunks(pages, chunks, title, policy, chunk_pages, image_dpi)
             if count == 0:
                 raise ValueError(f"{dest}: a document needs at least one page")
             with pymupdf.open(chunks) as doc:
+                _copy_outlines(doc, placed)
                 doc.save(tmp, garbage=4, deflate=True, use_objstms=1)
         finally:
             chunks.unlink(missing_ok=True)
@@ -616,11 +618,19 @@ def _append_chunks(
     policy: TextPolicy,
     chunk_pages: int,
     image_dpi: float,
-) -> int:
-    """Write ``pages`` to ``path`` a chunk at a time (see :func:`assemble_pdf`);
-    returns the page count."""
+) -> tuple[int, dict[Path, dict[int, int]]]:
+    """Write ``pages`` to ``path`` a chunk at a time (see :func:`assemble_pdf`).
+
+    Returns:
+        The page count, and for each source PDF, its page indexes mapped to the
+        1-based numbers of the output pages they became.
+    """
     count = 0
+    placed: dict[Path, dict[int, int]] = {}
     for chunk in _batched(pages, chunk_pages):
+        for number, item in enumerate(chunk, count + 1):
+            if item.source.kind == "pdf":
+                placed.setdefault(item.source.path, {})[item.source.index] = number
         part = _write_chunk(chunk, policy, image_dpi)
         if count == 0:
             now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
@@ -640,4 +650,26 @@ def _append_chunks(
                 out.save(path, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
         count += len(chunk)
         part.close()
-    return count
+    return count, placed
+
+
+def _copy_outlines(doc: pymupdf.Document, placed: dict[Path, dict[int, int]]) -> None:
+    """Give ``doc`` the outlines (bookmarks) of the source PDFs its pages come from,
+    which copying pages leaves behind: each PDF's tree in the order its pages appear,
+    each entry pointing at the output page its target became (same spot on the page);
+    an entry whose page is not in ``doc`` (a failed page) stays, without a target.
+    (MuPDF reads a damaged outline as far as it can: a loop ends it, a bad entry comes
+    without a target.)
+    """
+    toc: list[list] = []
+    for path, pages in sorted(placed.items(), key=lambda item: min(item[1].values())):
+        with pymupdf.open(path) as src:
+            entries = src.get_toc(simple=False)
+        for level, title, page, dest in entries:
+            number = pages.get(page - 1, -1)
+            if number > 0 and dest.get("kind") == pymupdf.LINK_GOTO and "to" in dest:
+                toc.append([level, title, number, {"kind": pymupdf.LINK_GOTO, "to": dest["to"]}])
+            else:
+                toc.append([level, title, number])
+    if toc:
+        doc.set_toc(toc)

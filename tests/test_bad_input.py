@@ -226,13 +226,14 @@ def test_hugemono_is_rasterised_within_the_pixel_cap(corpus, tmp_path):
         assert im.size[0] * im.size[1] <= 50_000_000
 
 
-@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
-def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path, monkeypatch, code):
+def _ready_to_publish(tmp_path: Path) -> tuple[Finalizer, Store, Document]:
+    """A one-page document ``doc`` whose page is read and which is marked complete."""
     settings = Settings.model_validate(
         {
             "folders": {
                 "inbox": [str(tmp_path / "inbox")],
                 "outbox": str(tmp_path / "outbox"),
+                "failed": str(tmp_path / "failed"),
                 "state": str(tmp_path / "state"),
             }
         }
@@ -249,7 +250,12 @@ def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path,
         page.id, {"width": 120, "height": 80, "dpi": 300.0, "lines": []}, 0.1, device="cpu"
     )
     store.mark_complete(document.id)
-    finalizer = Finalizer(settings, store)
+    return Finalizer(settings, store), store, document
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path, monkeypatch, code):
+    finalizer, store, document = _ready_to_publish(tmp_path)
     real = Finalizer._write
     calls = []
 
@@ -268,6 +274,24 @@ def test_a_publication_that_hits_a_full_or_read_only_outbox_is_retried(tmp_path,
     anyio.run(finalizer.publish, store.documents_to_publish()[0])
     assert store.document_by_id(document.id).state == "done"
     assert (tmp_path / "outbox" / "doc.pdf").exists()
+
+
+def test_an_unforeseen_assembly_error_fails_the_document_and_not_the_daemon(tmp_path, monkeypatch):
+    finalizer, store, document = _ready_to_publish(tmp_path)
+
+    def broken(self, doc, pages, dest):
+        raise RuntimeError("code=7: cannot find object in xref (12 0 R)")  # as MuPDF says
+
+    monkeypatch.setattr(Finalizer, "_write", broken)
+    anyio.run(finalizer.publish, store.documents_to_publish()[0])
+    failed = store.document_by_id(document.id)
+    assert failed.state == "failed"
+    assert failed.error == (
+        "cannot assemble the PDF (RuntimeError: code=7: cannot find object in xref (12 0 R))"
+    )
+    assert not (tmp_path / "outbox").exists() or list((tmp_path / "outbox").iterdir()) == []
+    assert (tmp_path / "failed" / "doc" / "p1.png").exists()  # the scan kept, with why
+    assert failed.error in (tmp_path / "failed" / "doc.reason.txt").read_text()
 
 
 def test_a_document_path_that_would_leave_the_outbox_is_refused(tmp_path):

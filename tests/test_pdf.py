@@ -322,6 +322,50 @@ def test_objects_a_long_pdf_shares_across_pages_are_written_once(corpus, tmp_pat
     assert (tmp_path / "out.pdf").stat().st_size < (tmp_path / "long.pdf").stat().st_size * 1.1
 
 
+def test_bookmarks_of_source_pdfs_are_kept_and_point_at_their_pages(corpus, tmp_path):
+    tagged, multipage = corpus / "pdf/tagged.pdf", corpus / "pdf/multipage.pdf"
+    with pymupdf.open(tagged) as a, pymupdf.open(multipage) as b:
+        before = a.get_toc(simple=False), b.get_toc(simple=False)
+    assert [len(toc) for toc in before] == [2, 4]
+    # one document: an image page, then both PDFs (their bookmarks move down the pages)
+    image = PageSource(corpus / "images/ch_en_num.jpg", "image")
+    sources = [image, *expand_pages(tagged), *expand_pages(multipage)]
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="both")
+    with pymupdf.open(tmp_path / "out.pdf") as out:
+        after = out.get_toc(simple=False)
+    shifts = [1] * len(before[0]) + [3] * len(before[1])
+    expected = [entry for toc in before for entry in toc]
+    assert [(e[0], e[1], e[2]) for e in after] == [
+        (e[0], e[1], e[2] + shift) for e, shift in zip(expected, shifts, strict=True)
+    ]
+    for got, want in zip(after, expected, strict=True):  # the same spot on the page
+        assert abs(got[3]["to"].y - want[3]["to"].y) < 0.5, got
+
+
+def test_a_bookmark_whose_page_is_left_out_stays_without_a_target(corpus, tmp_path):
+    tagged = corpus / "pdf/tagged.pdf"
+    first = expand_pages(tagged)[:1]  # page 2 failed and is left out
+    assemble_pdf([PdfPage(s, None) for s in first], tmp_path / "out.pdf", title="one")
+    with pymupdf.open(tmp_path / "out.pdf") as out:
+        assert out.get_toc() == [[1, "Heading", 1], [1, "Page 2 Heading", -1]]
+
+
+def test_a_damaged_outline_does_not_stop_the_document(tmp_path):
+    with pymupdf.open() as doc:
+        for _ in range(2):
+            doc.new_page()
+        doc.set_toc([[1, "a", 1], [1, "b", 2]])
+        outlines = int(doc.xref_get_key(doc.pdf_catalog(), "Outlines")[1].split()[0])
+        first = int(doc.xref_get_key(outlines, "First")[1].split()[0])
+        doc.xref_set_key(first, "Next", f"{first} 0 R")  # a loop
+        doc.save(tmp_path / "loop.pdf")
+    sources = expand_pages(tmp_path / "loop.pdf")
+    assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="loop")
+    with pymupdf.open(tmp_path / "out.pdf") as out:
+        assert out.page_count == 2
+        assert out.get_toc() == []  # MuPDF drops the looping outline
+
+
 def test_a_pdf_form_keeps_its_fields(tmp_path):
     with pymupdf.open() as form:
         for n in range(2):
