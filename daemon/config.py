@@ -66,8 +66,9 @@ class TextPolicy(StrEnum):
     """Remove the page's invisible text (an earlier OCR layer) and OCR it again; a page
     with visible text is kept as it is (``--redo-ocr``)."""
     force = "force"
-    """OCR every page and add the new layer on top of any text (``--force-ocr``, but
-    the page's own content is kept, not rasterised)."""
+    """OCR every page; an earlier invisible layer is replaced as under ``redo``, and
+    visible text is kept, the new layer on top (``--force-ocr``, but the page's own
+    content is kept, not rasterised: its visible text then extracts twice)."""
 
 
 class Sidecar(StrEnum):

@@ -460,7 +460,7 @@ def _pdf_page(
     page = doc[-1]
     if item.ocr is None:
         return
-    if policy is TextPolicy.redo:
+    if policy is not TextPolicy.skip:  # an earlier OCR layer gives way to the new one
         _remove_invisible_text(page)
     zoom = 72.0 / item.ocr.dpi
     layer.add(page, item.ocr, pymupdf.Matrix(zoom, zoom) * page.derotation_matrix)
@@ -580,8 +580,9 @@ def assemble_pdf(
         pages: Pages in document order; may be a generator.
         dest: The output PDF path.
         title: Document title (metadata).
-        policy: What was done with PDF pages that had text (for ``redo``, their old
-            invisible text is removed before the new layer is added).
+        policy: What was done with PDF pages that had text (under ``redo`` and
+            ``force``, a page's old invisible text is removed before the new layer is
+            added).
         chunk_pages: Pages built in memory at once.
         image_dpi: DPI of an image page without OCR whose file states none.
 

@@ -394,16 +394,16 @@ def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, 
         assert [p.get_text() for p in out] == [p.get_text() for p in src]
 
 
-def test_redo_replaces_an_earlier_ocr_layer_instead_of_adding_a_second(corpus, ocr_of, tmp_path):
+@pytest.mark.parametrize("policy", [TextPolicy.redo, TextPolicy.force])
+def test_an_earlier_ocr_layer_is_replaced_instead_of_adding_a_second(
+    corpus, ocr_of, tmp_path, policy
+):
     first, pages = _build(corpus, ocr_of, "pdf/ccitt.pdf", tmp_path / "first.pdf")
     (source,) = expand_pages(first)
     assert skipped_pages(first, TextPolicy.skip) == {0}  # our own invisible layer
-    assert skipped_pages(first, TextPolicy.redo) == set()
+    assert skipped_pages(first, policy) == set()
     assemble_pdf(
-        [PdfPage(source, pages[0].ocr)],
-        tmp_path / "again.pdf",
-        title="again",
-        policy=TextPolicy.redo,
+        [PdfPage(source, pages[0].ocr)], tmp_path / "again.pdf", title="again", policy=policy
     )
     with pymupdf.open(first) as a, pymupdf.open(tmp_path / "again.pdf") as b:
         assert b[0].get_text() == a[0].get_text()
