@@ -4,6 +4,10 @@ Prints, measured in one run on the same pages and settings (1 CPU worker, 2 thre
 
 - pages/s of the bare in-process engine loop and of the daemon (drop to published PDF,
   model loading excluded), and their ratio (target >= 0.9 on 2 cores);
+- the seconds the worker itself spent reading the pages, against the bare loop's, and
+  the share of the daemon's run the worker was busy: a low ratio with the worker busy
+  throughout is the engine running slower in the worker process, not time the daemon
+  adds;
 - seconds from the completion marker to the published PDF for a 100-page document
   whose pages are already OCR'd (target < 2 s);
 - peak RSS of the daemon and of its worker.
@@ -83,6 +87,19 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise TimeoutError(what)
 
 
+def worker_seconds(db: Path, document: str) -> float:
+    """Seconds the worker spent on a document's pages (decoding and OCR, from the
+    ``pages.seconds`` it reports), to tell the engine's speed in the worker from the
+    time the daemon adds around it."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (seconds,) = conn.execute(
+            "SELECT SUM(p.seconds) FROM pages p JOIN documents d ON d.id = p.document_id "
+            "WHERE d.path = ?",
+            [document],
+        ).fetchone()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=16, help="pages for the throughput run")
@@ -122,6 +139,7 @@ def main() -> None:
         (inbox / "book" / ".complete").touch()
         wait_for((outbox / "book.pdf").exists, 3600, "book published")
         through = time.perf_counter() - started
+        worker = worker_seconds(state / "state.db", "book")
 
         # 100 pages whose content was OCR'd above: results are reused by content hash.
         big = inbox / "reprint"
@@ -151,6 +169,10 @@ def main() -> None:
     print(f"pages: {count} rendered corpus pages (200 dpi), 1 CPU worker x 2 threads")
     print(f"bare engine loop      : {count / bare:6.3f} pages/s")
     print(f"daemon, drop to PDF   : {count / through:6.3f} pages/s  ratio {bare / through:.3f}")
+    print(
+        f"worker's own seconds : {worker:6.1f} s (bare loop {bare:.1f} s, ratio "
+        f"{bare / worker:.3f}); worker busy {100 * worker / through:.0f}% of the daemon's run"
+    )
     print(f"marker to PDF, 100 already-read pages: {publish:.2f} s")
     print(
         f"peak RSS: daemon {rss_daemon:.0f} MB, workers "
