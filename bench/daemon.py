@@ -72,6 +72,12 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     """Direct child pids of a process."""
     path = Path(f"/proc/{pid}/task/{pid}/children")
@@ -134,11 +140,12 @@ def main() -> None:
     )
     try:
         wait_for(lambda: "daemon_ready" in (home / "daemon.log").read_text(), 300, "ready")
-        started = time.perf_counter()
+        started, daemon_cpu = time.perf_counter(), cpu_seconds(daemon.pid)
         shutil.copytree(home / "scans", inbox / "book")
         (inbox / "book" / ".complete").touch()
         wait_for((outbox / "book.pdf").exists, 3600, "book published")
         through = time.perf_counter() - started
+        daemon_cpu = cpu_seconds(daemon.pid) - daemon_cpu
         worker = worker_seconds(state / "state.db", "book")
 
         # 100 pages whose content was OCR'd above: results are reused by content hash.
@@ -171,7 +178,8 @@ def main() -> None:
     print(f"daemon, drop to PDF   : {count / through:6.3f} pages/s  ratio {bare / through:.3f}")
     print(
         f"worker's own seconds : {worker:6.1f} s (bare loop {bare:.1f} s, ratio "
-        f"{bare / worker:.3f}); worker busy {100 * worker / through:.0f}% of the daemon's run"
+        f"{bare / worker:.3f}); worker busy {100 * worker / through:.0f}% of the daemon's run;"
+        f" the daemon process itself used {daemon_cpu:.1f} CPU seconds meanwhile"
     )
     print(f"marker to PDF, 100 already-read pages: {publish:.2f} s")
     print(
