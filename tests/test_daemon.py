@@ -187,8 +187,9 @@ def test_temp_files_a_killed_run_left_half_written_are_removed_at_start(daemon):
     assert daemon.stop() == 0
     assert [p for p in stale if p.exists()] == []
     assert [p for p in kept if not p.exists()] == []
-    removed = [json.loads(line) for line in daemon.log_path.read_text().splitlines()]
-    removed = {e["path"] for e in removed if e.get("event") == "stale_temp_file_removed"}
+    lines = daemon.log_path.read_text().splitlines()
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    removed = {e["path"] for e in events if e["event"] == "stale_temp_file_removed"}
     assert removed == {str(p) for p in stale}
 
 
