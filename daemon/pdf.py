@@ -489,7 +489,8 @@ def _batched(pages: Iterable[PdfPage], size: int) -> Iterable[list[PdfPage]]:
 
 
 def _write_chunk(pages: list[PdfPage], policy: TextPolicy, default_dpi: float) -> pymupdf.Document:
-    """Build ``pages`` in a new document, fonts subset, streams compressed."""
+    """Build ``pages`` in a new document, fonts subset (unused objects are dropped and
+    streams compressed by the whole save at the end of :func:`assemble_pdf`)."""
     doc = pymupdf.open()
     sources: dict[Path, pymupdf.Document] = {}
     layer = _TextLayer()
@@ -508,9 +509,7 @@ def _write_chunk(pages: list[PdfPage], policy: TextPolicy, default_dpi: float) -
     doc.subset_fonts()
     used = {c for item in pages if item.ocr for line in item.ocr.lines for c in line.text}
     _trim_font_tables(doc, used)
-    compact = pymupdf.open("pdf", doc.tobytes(garbage=4, deflate=True, use_objstms=1))
-    doc.close()
-    return compact
+    return doc
 
 
 def _trim_font_tables(doc: pymupdf.Document, used: set[str]) -> None:
