@@ -191,7 +191,10 @@ def _command(settings: Settings, options: argparse.Namespace) -> ExitCode:
 def run(args: Sequence[str] | None = None) -> ExitCode:
     """Parse arguments, configure logging, load the configuration and run a command.
 
-    This is the one place that maps exceptions to exit codes and messages.
+    This is the one place that maps exceptions to exit codes and messages: an error a
+    user can cause ends the command with one line ``scanhopper: <cause>`` on stderr and
+    its exit code, also when it comes wrapped in an ``ExceptionGroup`` (the daemon's
+    task groups wrap whatever ends them, e.g. a worker that cannot load its model).
 
     Returns:
         The process exit code.
@@ -201,14 +204,35 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     try:
         settings = load_settings(options.config or _default_config())
         return _command(settings, options)
-    except ScanhopperError as exc:
-        print(f"scanhopper: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except FileNotFoundError as exc:
-        print(f"scanhopper: {exc}", file=sys.stderr)
-        return ExitCode.input_file
+    except (ScanhopperError, FileNotFoundError, BaseExceptionGroup) as exc:
+        cause = _user_error(exc)
+        if cause is None:
+            raise
+        print(f"scanhopper: {cause}", file=sys.stderr)
+        return cause.exit_code if isinstance(cause, ScanhopperError) else ExitCode.input_file
     except KeyboardInterrupt:
         return ExitCode.ctrl_c
+
+
+def _user_error(exc: BaseException) -> ScanhopperError | FileNotFoundError | None:
+    """The error to report for ``exc``, or ``None`` for a bug (shown as a traceback).
+
+    A group is reported by its first :class:`ScanhopperError` when every error in it
+    (nested groups flattened) is one; a group holding anything else is a bug.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if isinstance(exc, ScanhopperError | FileNotFoundError) else None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, BaseExceptionGroup):
+            pending[:0] = item.exceptions
+        else:
+            leaves.append(item)
+    if leaves and all(isinstance(leaf, ScanhopperError) for leaf in leaves):
+        return leaves[0]  # type: ignore[return-value]
+    return None
 
 
 def _default_config() -> Path | None:
