@@ -9,7 +9,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import ExitCode, ScanhopperError
 from .models import DEFAULT_DET_MODEL, DEFAULT_REC_MODEL
@@ -123,6 +130,32 @@ class FolderSettings(_Strict):
     """Where the files of a failed document go, with a ``.reason.txt`` beside them."""
     state: Path = Path("scanhopper/state")
     """State database, model directories and temp caches."""
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> FolderSettings:
+        """Refuse two folders where one is the same as or inside the other.
+
+        Paths are compared absolute and resolved (symlinks followed; a folder that does
+        not exist yet resolves through its nearest existing parent), so an outbox inside
+        an inbox, or one folder under two names, is found before anything is written.
+
+        Raises:
+            ValueError: the first overlap, both keys and folders named.
+        """
+        named = [(f"inbox[{i}]", root) for i, root in enumerate(self.inbox)]
+        named += [(key, getattr(self, key)) for key in ("outbox", "archive", "failed", "state")]
+        resolved = [(f"folders.{key}", folder, folder.resolve()) for key, folder in named]
+        for i, (key_a, folder_a, a) in enumerate(resolved):
+            for key_b, folder_b, b in resolved[i + 1 :]:
+                if a == b:
+                    raise ValueError(
+                        f"{key_a} ({folder_a}) and {key_b} ({folder_b}) are the same folder"
+                    )
+                if a.is_relative_to(b):
+                    raise ValueError(f"{key_a} ({folder_a}) is inside {key_b} ({folder_b})")
+                if b.is_relative_to(a):
+                    raise ValueError(f"{key_b} ({folder_b}) is inside {key_a} ({folder_a})")
+        return self
 
 
 class IntakeSettings(_Strict):

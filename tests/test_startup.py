@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import pytest
 from harness import Daemon
+
+from daemon.config import ConfigError, FolderSettings, load_settings
 
 
 @pytest.fixture
@@ -71,3 +74,70 @@ def test_an_unusable_state_database_is_one_line_and_exit_5(daemon):
     daemon.state.mkdir(parents=True)
     (daemon.state / "state.db").write_bytes(b"not a database, just bytes" * 100)
     assert "is not usable" in _refused(daemon, 5)
+
+
+def _folders(tmp_path, **folders) -> str:
+    """A configuration file of ``[folders]``; the others sit apart under ``tmp_path``."""
+    values = {
+        "inbox": [str(tmp_path / "in")],
+        "outbox": str(tmp_path / "out"),
+        "archive": str(tmp_path / "archive"),
+        "failed": str(tmp_path / "failed"),
+        "state": str(tmp_path / "state"),
+        **folders,
+    }
+    path = tmp_path / "folders.toml"
+    path.write_text("[folders]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("folders", "message"),
+    [
+        (
+            {"outbox": "{t}/in"},
+            "folders.inbox[0] ({t}/in) and folders.outbox ({t}/in) are the same folder",
+        ),
+        ({"state": "{t}/in/.state"}, "folders.state ({t}/in/.state) is inside folders.inbox[0]"),
+        (
+            {"inbox": ["{t}/in", "{t}/in/scans"]},
+            "folders.inbox[1] ({t}/in/scans) is inside folders.inbox[0] ({t}/in)",
+        ),
+        (
+            {"archive": "{t}/done", "failed": "{t}/done"},
+            "folders.archive ({t}/done) and folders.failed ({t}/done) are the same folder",
+        ),
+        ({"inbox": ["{t}"]}, "folders.outbox ({t}/out) is inside folders.inbox[0] ({t})"),
+        ({"outbox": "{t}/link/in/out"}, "folders.outbox ({t}/link/in/out) is inside folders.inbox"),
+    ],
+)
+def test_overlapping_folders_are_refused_naming_both(tmp_path, folders, message):
+    (tmp_path / "link").symlink_to(tmp_path)  # .../link/in/out does not exist: via its parent
+    folders = {
+        key: [v.format(t=tmp_path) for v in value]
+        if isinstance(value, list)
+        else value.format(t=tmp_path)
+        for key, value in folders.items()
+    }
+    with pytest.raises(ConfigError, match=re.escape(message.format(t=tmp_path))):
+        load_settings(_folders(tmp_path, **folders), environ={})
+
+
+def test_the_default_folders_and_apart_folders_are_accepted(tmp_path):
+    assert load_settings(None, environ={}).folders == FolderSettings()
+    folders = _folders(tmp_path, inbox=[str(tmp_path / "a"), str(tmp_path / "b")])
+    settings = load_settings(folders, environ={})
+    assert settings.folders.outbox == tmp_path / "out"
+
+
+def test_scanhopper_run_refuses_an_outbox_inside_the_inbox_in_one_line(daemon):
+    daemon.config.write_text(
+        daemon.config.read_text().replace(
+            f'outbox = "{daemon.outbox}"', f'outbox = "{daemon.inbox}/out"'
+        )
+    )
+    line = _refused(daemon, 9)
+    assert (
+        f"folders.outbox ({daemon.inbox}/out) is inside folders.inbox[0] ({daemon.inbox})" in line
+    )
+    assert not daemon.inbox.exists()  # refused before anything was made
