@@ -1,9 +1,9 @@
 """The daemon: lock, store, workers, intake, scheduler and finalizer, under systemd.
 
-``run_daemon`` holds the single-instance lock, resets pages a crash left in flight,
-starts the workers (READY=1 once their models are loaded), then runs intake, scheduler
-and finalizer until SIGTERM or SIGINT, when it stops taking pages, drains those in
-flight, finishes a publication under way and exits.
+``run_daemon`` holds the locks of the state folder and inbox roots, resets pages a crash
+left in flight, starts the workers (READY=1 once their models are loaded), then runs
+intake, scheduler and finalizer until SIGTERM or SIGINT, when it stops taking pages,
+drains those in flight, finishes a publication under way and exits.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 import uuid
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import structlog
 
 from .config import Settings
 from .engine import limit_image_pixels
+from .errors import ExitCode, ScanhopperError
 from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
@@ -30,9 +32,19 @@ from .scheduler import Scheduler
 from .store import InstanceLock, Store
 from .workers import WorkerPool, open_worker_pool
 
-__all__ = ["SystemdNotifier", "request_retry", "run_daemon"]
+__all__ = ["INBOX_LOCK", "FolderError", "SystemdNotifier", "request_retry", "run_daemon"]
 
 log = structlog.get_logger(__name__)
+
+INBOX_LOCK = ".scanhopper.lock"
+"""Lock file the daemon holds in each inbox root while it runs (holding its pid)."""
+
+
+class FolderError(ScanhopperError):
+    """A configured folder cannot be made, locked or cleaned (permissions, a file in
+    the way)."""
+
+    exit_code = ExitCode.file_access_error
 
 
 class SystemdNotifier:
@@ -73,11 +85,11 @@ def request_retry(settings: Settings, target: str | None) -> Path:
     Returns:
         The request file written.
     """
-    folder = settings.folders.state / "requests"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"retry-{uuid.uuid4().hex}.json"
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"retry": target})))
-    return path
+    rel = f"requests/retry-{uuid.uuid4().hex}.json"
+    write_atomically(
+        settings.folders.state, rel, lambda tmp: tmp.write_text(json.dumps({"retry": target}))
+    )
+    return settings.folders.state / rel
 
 
 def _take_requests(settings: Settings, store: Store) -> None:
@@ -152,21 +164,44 @@ def _prepare_folders(settings: Settings, started: float) -> None:
             log.info("stale_temp_file_removed", path=str(path))
 
 
+def _take_locks(settings: Settings, held: ExitStack) -> None:
+    """Lock the state folder (``daemon.lock``) and each inbox root (``.scanhopper.lock``,
+    a dotfile intake ignores), released when ``held`` closes: a second daemon on either,
+    even with a state folder of its own, is refused before it reads or writes anything.
+
+    Raises:
+        AlreadyRunningError: another daemon holds one of them (its pid and folder named).
+        OSError: a folder cannot be made or its lock file opened.
+    """
+    settings.folders.state.mkdir(parents=True, exist_ok=True)
+    paths = [settings.folders.state / "daemon.lock"]
+    for root in settings.folders.inbox:
+        root.mkdir(parents=True, exist_ok=True)
+        paths.append(root / INBOX_LOCK)
+    for path in paths:
+        lock = InstanceLock(path)
+        lock.acquire()
+        held.callback(lock.release)
+
+
 async def run_daemon(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT.
 
     Raises:
-        AlreadyRunningError: another daemon uses the state folder.
+        AlreadyRunningError: another daemon uses the state folder or an inbox root.
+        FolderError: a configured folder cannot be made, locked or cleaned.
         StateDatabaseError: the state database is unusable.
         WorkerStartError, ModelError: the OCR workers cannot start.
     """
     started = time.time()
     limit_image_pixels(settings.output.max_pixels)
-    settings.folders.state.mkdir(parents=True, exist_ok=True)
-    lock = InstanceLock(settings.folders.state / "daemon.lock")
-    lock.acquire()
-    try:
-        _prepare_folders(settings, started)
+    with ExitStack() as held:
+        try:
+            _take_locks(settings, held)
+            _prepare_folders(settings, started)
+        except OSError as exc:
+            where = exc.filename or "a configured folder"
+            raise FolderError(f"cannot use {where}: {exc.strerror or exc}") from exc
         store = Store.open(settings.database)
         try:
             reset = store.reset_in_flight()
@@ -175,8 +210,6 @@ async def run_daemon(settings: Settings) -> None:
         finally:
             store.close()
         log.info("daemon_stopped")
-    finally:
-        lock.release()
 
 
 async def _run(settings: Settings, store: Store) -> None:

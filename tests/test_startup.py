@@ -141,3 +141,27 @@ def test_scanhopper_run_refuses_an_outbox_inside_the_inbox_in_one_line(daemon):
         f"folders.outbox ({daemon.inbox}/out) is inside folders.inbox[0] ({daemon.inbox})" in line
     )
     assert not daemon.inbox.exists()  # refused before anything was made
+
+
+def test_a_second_daemon_on_the_same_inbox_with_its_own_state_is_refused(daemon, tmp_path):
+    daemon.start()
+    daemon.wait_ready()
+    assert (daemon.inbox / ".scanhopper.lock").read_text().strip() == str(daemon.process.pid)
+    other = Daemon(tmp_path / "other", state=tmp_path / "other-state")
+    other.inbox = daemon.inbox
+    other.config.write_text(
+        other.config.read_text().replace(str(tmp_path / "other" / "inbox"), str(daemon.inbox))
+    )
+    line = _refused(other, 6)
+    assert f"pid {daemon.process.pid}" in line and str(daemon.inbox) in line
+    assert not (tmp_path / "other-state" / "state.db").exists()
+    assert daemon.stop() == 0
+    assert daemon.states() == {}  # the lock file is not taken as a document
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_and_exit_5(daemon):
+    (daemon.home / "file").write_text("in the way")
+    daemon.config.write_text(
+        daemon.config.read_text().replace(str(daemon.inbox), str(daemon.home / "file" / "in"))
+    )
+    assert "not a directory" in _refused(daemon, 5).lower()
