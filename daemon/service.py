@@ -29,7 +29,7 @@ from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
-from .store import InstanceLock, Store
+from .store import InstanceLock, StateDatabaseError, Store
 from .workers import WorkerPool, open_worker_pool
 
 __all__ = ["INBOX_LOCK", "FolderError", "SystemdNotifier", "request_retry", "run_daemon"]
@@ -122,16 +122,56 @@ def _status_line(store: Store, pool: WorkerPool) -> str:
     )
 
 
+class _DatabaseFile:
+    """The state database file the daemon opened, known by its (st_dev, st_ino).
+
+    SQLite goes on writing to a database file deleted or replaced under it (the writes
+    land in the unlinked file and are lost); :meth:`check` notices it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        opened = os.stat(path)
+        self.identity = (opened.st_dev, opened.st_ino)
+
+    def check(self) -> None:
+        """Do nothing while ``path`` still names the file opened.
+
+        Raises:
+            StateDatabaseError: the file was deleted, or another file put in its place.
+        """
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            change = "deleted"
+        else:
+            if (now.st_dev, now.st_ino) == self.identity:
+                return
+            change = "replaced"
+        raise StateDatabaseError(
+            f"state database {self.path} was {change} while the daemon ran; "
+            "stopped rather than go on writing to the old file"
+        )
+
+
 async def _housekeeping(
     settings: Settings,
     store: Store,
+    database: _DatabaseFile,
     pool: WorkerPool,
     notifier: SystemdNotifier,
     stop: anyio.Event,
 ) -> None:
-    """STATUS lines, WATCHDOG pings and retry requests, every few seconds."""
+    """The state database checked, STATUS lines, WATCHDOG pings and retry requests,
+    every few seconds.
+
+    Raises:
+        StateDatabaseError: the state database was deleted or replaced (this ends the
+            daemon: its task group stops intake, scheduler, finalizer and workers).
+    """
     interval = min(5.0, (notifier.watchdog_seconds or 10.0) / 2)
     while not stop.is_set():
+        database.check()
         _take_requests(settings, store)
         notifier.notify(STATUS=_status_line(store, pool), WATCHDOG=1)
         with anyio.move_on_after(interval):
@@ -190,7 +230,8 @@ async def run_daemon(settings: Settings) -> None:
     Raises:
         AlreadyRunningError: another daemon uses the state folder or an inbox root.
         FolderError: a configured folder cannot be made, locked or cleaned.
-        StateDatabaseError: the state database is unusable.
+        StateDatabaseError: the state database is unusable, or was deleted or replaced
+            while the daemon ran (noticed within 5 s).
         WorkerStartError, ModelError: the OCR workers cannot start.
     """
     started = time.time()
@@ -204,15 +245,16 @@ async def run_daemon(settings: Settings) -> None:
             raise FolderError(f"cannot use {where}: {exc.strerror or exc}") from exc
         store = Store.open(settings.database)
         try:
+            database = _DatabaseFile(settings.database)
             reset = store.reset_in_flight()
             log.info("daemon_starting", pages_reset=reset, devices=settings.workers.devices)
-            await _run(settings, store)
+            await _run(settings, store, database)
         finally:
             store.close()
         log.info("daemon_stopped")
 
 
-async def _run(settings: Settings, store: Store) -> None:
+async def _run(settings: Settings, store: Store, database: _DatabaseFile) -> None:
     notifier = SystemdNotifier()
     stop = anyio.Event()
     ready = anyio.Event()
@@ -222,17 +264,17 @@ async def _run(settings: Settings, store: Store) -> None:
             ready.set()
             notifier.notify(READY=1, STATUS="workers ready")
             log.info("daemon_ready")
-            await _serve(settings, store, pool, notifier, stop)
+            await _serve(settings, store, database, pool, notifier, stop)
         tg.cancel_scope.cancel()
 
 
-async def _serve(settings, store, pool, notifier, stop) -> None:
+async def _serve(settings, store, database, pool, notifier, stop) -> None:
     intake = Intake(settings, store)
     scheduler = Scheduler(settings, store, pool)
     finalizer = Finalizer(settings, store)
     async with anyio.create_task_group() as tg:
         tg.start_soon(partial(intake.run, stop=stop))
         tg.start_soon(partial(finalizer.run, stop=stop))
-        tg.start_soon(_housekeeping, settings, store, pool, notifier, stop)
+        tg.start_soon(_housekeeping, settings, store, database, pool, notifier, stop)
         await scheduler.run(stop=stop)
         tg.cancel_scope.cancel()

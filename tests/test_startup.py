@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import time
 
+import psutil
 import pytest
 from harness import Daemon
 
@@ -165,3 +168,27 @@ def test_a_folder_that_cannot_be_made_is_one_line_and_exit_5(daemon):
         daemon.config.read_text().replace(str(daemon.inbox), str(daemon.home / "file" / "in"))
     )
     assert "not a directory" in _refused(daemon, 5).lower()
+
+
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_a_state_database_replaced_or_deleted_under_the_daemon_stops_it_with_exit_5(daemon, change):
+    daemon.start()
+    daemon.wait_ready()
+    worker = json.loads(next(daemon.engine_log.glob("load-*.json")).read_text())["pid"]
+    database = daemon.state / "state.db"
+    if change == "replaced":
+        (daemon.state / "new.db").write_bytes(b"")
+        os.replace(daemon.state / "new.db", database)
+    else:
+        database.unlink()
+    started = time.monotonic()
+    code = daemon.process.wait(timeout=60)
+    print(f"daemon stopped {time.monotonic() - started:.1f} s after the database was {change}")
+    daemon.log.close()
+    assert code == 5, daemon.tail()
+    log = daemon.log_path.read_text()
+    line = _one_error_line(log)
+    assert line.startswith(f"scanhopper: state database {database} was {change}")
+    assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
+    if change == "replaced":
+        assert database.stat().st_size == 0  # the new file is left as it was put there
