@@ -29,6 +29,7 @@ from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
+from .status import known_document
 from .store import InstanceLock, StateDatabaseError, Store
 from .workers import WorkerPool, open_worker_pool
 
@@ -78,13 +79,22 @@ class SystemdNotifier:
 def request_retry(settings: Settings, target: str | None) -> Path:
     """Leave a retry request for the daemon (picked up while running or at start).
 
+    A document is first looked up in the state database (read-only): a path that
+    names no document is refused and no request is written.
+
     Args:
-        target: A document path relative to its inbox root, or ``None`` for every
-            failed page.
+        target: A document path relative to its inbox root (or a path inside an inbox
+            root), or ``None`` for every failed page.
 
     Returns:
         The request file written.
+
+    Raises:
+        NotFoundError: the state database knows no document at ``target``.
+        StateDatabaseError: ``target`` is given and there is no readable state database.
     """
+    if target is not None:
+        target = known_document(settings, target)
     rel = f"requests/retry-{uuid.uuid4().hex}.json"
     write_atomically(
         settings.folders.state, rel, lambda tmp: tmp.write_text(json.dumps({"retry": target}))

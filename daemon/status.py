@@ -10,7 +10,7 @@ from .config import Settings
 from .errors import ExitCode, ScanhopperError
 from .store import Store
 
-__all__ = ["NotFoundError", "document_pages", "render_table", "status_rows"]
+__all__ = ["NotFoundError", "document_pages", "known_document", "render_table", "status_rows"]
 
 
 class NotFoundError(ScanhopperError):
@@ -60,6 +60,28 @@ def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
     if not rows:
         raise NotFoundError(f"no document {path!r} in {settings.database}")
     return sorted(rows, key=lambda r: (natural_key(r["file"]), r["page"]))
+
+
+def known_document(settings: Settings, path: str) -> str:
+    """Check that the state database knows the document at ``path`` (relative to its
+    inbox root, or a path inside an inbox root), reading it read-only.
+
+    Returns:
+        The document's path relative to its inbox root, as the database holds it.
+
+    Raises:
+        StateDatabaseError: no readable state database.
+        NotFoundError: no such document.
+    """
+    rel = _relative(settings, path)
+    store = Store.open_readonly(settings.database)
+    try:
+        found = list(store.db.query("SELECT 1 FROM documents WHERE path = ? LIMIT 1", [rel]))
+    finally:
+        store.close()
+    if not found:
+        raise NotFoundError(f"no document {path!r} in {settings.database}")
+    return rel
 
 
 def _relative(settings: Settings, path: str) -> str:

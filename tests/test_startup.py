@@ -192,3 +192,44 @@ def test_a_state_database_replaced_or_deleted_under_the_daemon_stops_it_with_exi
     assert not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie"
     if change == "replaced":
         assert database.stat().st_size == 0  # the new file is left as it was put there
+
+
+@pytest.fixture
+def known(daemon):
+    """The daemon, stopped after reading the one page of document ``doc``."""
+    _page(daemon.inbox / "doc" / "x.png")
+    daemon.start()
+    daemon.wait_for(lambda: [r for r in daemon.status() if r["pages_done"]], what="page read")
+    assert daemon.stop() == 0
+    return daemon
+
+
+def _page(path):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (200, 100), 255).save(path)
+
+
+def test_retry_of_an_unknown_document_fails_and_writes_no_request(known):
+    done = known.command("retry", "nope", check=False)
+    assert done.returncode == 1, done.stderr
+    assert _one_error_line(done.stderr).startswith("scanhopper: no document 'nope'")
+    assert list((known.state / "requests").glob("retry-*")) == []
+
+
+def test_retry_of_a_known_document_by_either_path_leaves_a_request(known):
+    for path in ("doc", str(known.inbox / "doc")):
+        done = known.command("retry", path)
+        assert "retry requested" in done.stdout
+    requests = sorted((known.state / "requests").glob("retry-*.json"))
+    assert [json.loads(p.read_text()) for p in requests] == [{"retry": "doc"}] * 2
+    assert known.command("retry", "--failed").returncode == 0
+
+
+def test_status_of_an_unknown_document_fails_and_of_a_known_one_lists_its_pages(known):
+    done = known.command("status", "nope", check=False)
+    assert done.returncode == 1, done.stderr
+    assert _one_error_line(done.stderr).startswith("scanhopper: no document 'nope'")
+    pages = json.loads(known.command("status", "doc", "--json").stdout)
+    assert [(p["file"], p["state"]) for p in pages] == [("doc/x.png", "done")]
