@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -233,3 +234,40 @@ def test_status_of_an_unknown_document_fails_and_of_a_known_one_lists_its_pages(
     assert _one_error_line(done.stderr).startswith("scanhopper: no document 'nope'")
     pages = json.loads(known.command("status", "doc", "--json").stdout)
     assert [(p["file"], p["state"]) for p in pages] == [("doc/x.png", "done")]
+
+
+RESTART_CANNOT_FIX = {
+    "AlreadyRunningError": True,  # another daemon holds the state folder or an inbox
+    "ConfigError": True,  # the configuration file or environment
+    "FolderError": True,  # a folder cannot be made or locked: permissions, a file
+    "ModelError": True,  # a model directory missing or incomplete
+    "NotFoundError": False,  # status/retry of an unknown document; not a daemon error
+    "StateDatabaseError": True,  # corrupt, newer schema, deleted or replaced
+    "WorkerStartError": True,  # the engine cannot load: package, model, device
+}
+"""Every ScanhopperError subclass: is it a configuration or installation error, which
+the daemon started again with the same configuration and files meets again?"""
+
+
+def test_systemd_does_not_restart_into_a_configuration_or_installation_error():
+    import daemon.cli
+    import daemon.models
+    import daemon.service
+    import daemon.status
+    import daemon.workers  # noqa: F401  (every module that defines a ScanhopperError)
+    from daemon.errors import ScanhopperError
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    errors = {cls.__name__: cls for cls in subclasses(ScanhopperError)}
+    assert sorted(errors) == sorted(RESTART_CANNOT_FIX), "classify each error below"
+    permanent = {int(errors[n].exit_code) for n, fatal in RESTART_CANNOT_FIX.items() if fatal}
+    others = {int(errors[n].exit_code) for n, fatal in RESTART_CANNOT_FIX.items() if not fatal}
+    assert not permanent & others  # systemd only sees the code
+    unit = (Path(__file__).resolve().parents[1] / "systemd" / "scanhopper.service").read_text()
+    (listed,) = re.findall(r"^RestartPreventExitStatus=(.*)$", unit, re.MULTILINE)
+    assert {int(code) for code in listed.split()} == permanent == {5, 6, 7, 9}
+    assert re.search(r"^Restart=on-failure$", unit, re.MULTILINE)
