@@ -167,6 +167,11 @@ class IntakeSettings(_Strict):
     """Auto-complete a folder when none of its files changed for this long; ``0``: off."""
     stable_seconds: float = Field(2.0, ge=0)
     """A file is taken only once its size and mtime stayed the same this long."""
+    settle_seconds: float = Field(10.0, ge=0)
+    """A complete folder is published only once nothing in it changed for this long, so
+    a copy that puts the marker first (``cp -r``) or a scanner pausing between pages
+    ends up in one PDF. Pages that still arrive after a publication publish the
+    folder again, as a new version, without a second marker."""
     force_polling: bool = False
     """Poll instead of using native events (network shares, some containers)."""
     poll_interval: float = Field(2.0, gt=0)

@@ -1,51 +1,76 @@
 """Finalize: assemble a complete document, publish it atomically, then clean up.
 
-A document is published once it is complete and every page is terminal. Publishing
-writes the PDF (and sidecars) into the outbox at the document's inbox path, then the
-document is marked ``done`` / ``done_with_errors`` (or ``failed``) with ``cleaned = 0``;
-cleaning (temp files, the completion marker, the source policy) runs after that and
-again at start for any document a crash interrupted, so every step is idempotent.
+A document is published once it is complete, every page is terminal and its folder
+has been quiet for ``intake.settle_seconds``. Every source is read through
+:meth:`daemon.pdf.PageSource.open`, which checks it still hashes to what intake
+recorded, so the PDF holds exactly the bytes that were read. The publication is
+recorded only if the document's pages did not change meanwhile
+(:meth:`daemon.store.Store.mark_published`); otherwise it is published again.
+
+Errors are sorted by whose fault they are. The content's (a page that cannot be read,
+every page failed) fail the document. The environment's (a full disk, permissions, a
+link planted in the outbox, a name too long) leave it ``waiting``, tried again with
+backoff. A source that changed or vanished since it was read is forgotten, and intake
+reads it again. Nothing a user drops ends the daemon.
+
+Cleaning (temp files, the completion marker, the source policy) runs after that and
+again at start for any document a crash interrupted; each step is idempotent, and
+touches only the sealed files of the last publication, each checked against its hash
+just before it is moved or deleted.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import shutil
+import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import anyio
 import structlog
 
 from .config import FailedPages, Settings, SourcePolicy
 from .engine import OcrResult
-from .files import numbered_paths, unused_path, write_atomically
+from .files import (
+    SourceChangedError,
+    UnsafePathError,
+    fit_name,
+    move_verified,
+    numbered_paths,
+    open_dir,
+    remove_verified,
+    write_atomically,
+)
 from .intake import natural_key
 from .pdf import PageSource, PageSourceError, PdfPage, assemble_pdf
-from .scheduler import remove_work_dir
+from .scheduler import document_work_dir, remove_work_dir
 from .sidecars import write_sidecars
-from .store import Document, Page, Store
+from .store import Document, DocumentState, Page, PageState, Store
 
 __all__ = ["Finalizer", "OutsideOutboxError", "output_path"]
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_RETRY = 30.0
-"""Seconds before a publication that failed on an OS error (full disk, read-only
-outbox) is tried again."""
+RETRY_SECONDS = (5.0, 300.0)
+"""Backoff after an error of the environment: first wait, doubling up to the last."""
 
 
-def output_path(settings: Settings, document: Document) -> Path:
-    """Where a document's PDF is published: its inbox path under the outbox, ``.pdf``
-    added to a folder's name or put in place of a loose file's suffix."""
-    rel = Path(document.path)
+def output_path(settings: Settings, document: Document) -> PurePosixPath:
+    """Where a document's PDF is published, relative to the outbox: its inbox path,
+    ``.pdf`` added to a folder's name or put in place of a loose file's suffix (the
+    name shortened to fit the file system where it must).
+
+    Raises:
+        OutsideOutboxError: the document path is absolute or climbs with ``..``.
+    """
+    rel = PurePosixPath(document.path)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise OutsideOutboxError(
+            f"{document.path!r} would be published outside {settings.folders.outbox}"
+        )
     name = rel.name + ".pdf" if document.kind == "folder" else rel.stem + ".pdf"
-    dest = settings.folders.outbox / rel.parent / name
-    outbox = settings.folders.outbox.resolve()
-    if rel.is_absolute() or not dest.resolve().is_relative_to(outbox):
-        raise OutsideOutboxError(f"{document.path!r} would be published outside {outbox}")
-    return dest
+    return rel.with_name(fit_name(name))
 
 
 class OutsideOutboxError(ValueError):
@@ -56,21 +81,47 @@ def _ordered(pages: list[Page]) -> list[Page]:
     return sorted(pages, key=lambda p: (natural_key(p.file), p.page_index))
 
 
+class _Backoff:
+    """When each document may next be tried after an error of the environment: the
+    wait doubles from the first to the last of :data:`RETRY_SECONDS`, and ends at
+    once when the document's pages change."""
+
+    def __init__(self) -> None:
+        self._next: dict[int, tuple[float, float, int]] = {}
+        """Document id -> (monotonic time of the next try, last wait, generation)."""
+
+    def ready(self, document: Document) -> bool:
+        at, _, generation = self._next.get(document.id, (0.0, 0.0, document.generation))
+        return at <= time.monotonic() or generation != document.generation
+
+    def failed(self, document: Document) -> float:
+        """Record a failure; returns the seconds until the next try."""
+        first, most = RETRY_SECONDS
+        last = self._next.get(document.id, (0.0, first / 2, 0))[1]
+        wait = min(most, last * 2)
+        self._next[document.id] = (time.monotonic() + wait, wait, document.generation)
+        return wait
+
+    def succeeded(self, document: Document) -> None:
+        self._next.pop(document.id, None)
+
+
 class Finalizer:
     """Publishes ready documents and cleans up after them."""
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self._retry_at: dict[int, float] = {}
-        """Document id -> monotonic time before which a failed publication is not retried."""
+        self._publish_backoff = _Backoff()
+        self._clean_backoff = _Backoff()
 
     async def run(self, *, stop: anyio.Event, idle: float = 0.25) -> None:
         """Publish and clean documents as they become ready, until ``stop`` is set."""
-        await self.clean_all()
         while not stop.is_set():
-            for document in self.store.documents_to_publish():
-                if self._retry_at.get(document.id, 0.0) > time.monotonic():
+            await self.clean_all()
+            settled = time.time() - self.settings.intake.settle_seconds
+            for document in self.store.documents_to_publish(settled):
+                if not self._publish_backoff.ready(document):
                     continue
                 with anyio.CancelScope(shield=True):  # a started publication finishes
                     await self.publish(document)
@@ -78,17 +129,21 @@ class Finalizer:
                 await stop.wait()
 
     async def clean_all(self) -> None:
-        """Finish cleaning documents whose cleaning a crash interrupted."""
-        for document in self.store.documents(("done", "done_with_errors", "failed")):
-            if not document.cleaned:
-                await self._clean_up(document.id)
+        """Clean documents published or failed since, or whose cleaning a crash or an
+        error of the environment interrupted."""
+        for document in self.store.documents_to_clean():
+            if self._clean_backoff.ready(document):
+                await self._clean_up(document)
 
     async def publish(self, document: Document) -> None:
-        """Assemble and publish one document, or fail it, then clean up."""
+        """Assemble and publish one document; or fail it, or leave it waiting."""
         with structlog.contextvars.bound_contextvars(document=document.path):
-            self.store.set_document(document.id, state="publishing")
+            generation = self.store.start_publishing(document.id)
             pages = _ordered(self.store.pages(document.id))
-            failed = [p for p in pages if p.state == "failed"]
+            if not pages:
+                self._wait(document, "the folder holds no pages yet")
+                return
+            failed = [p for p in pages if p.state == PageState.failed]
             usable = [p for p in pages if p.kind != "bad"]
             reason = self._refusal(pages, failed, usable)
             if reason is not None:
@@ -98,18 +153,15 @@ class Finalizer:
             try:
                 dest = self._destination(document)
                 await anyio.to_thread.run_sync(self._write, document, usable, dest)
+            except (SourceChangedError, UnsafePathError, FileNotFoundError) as exc:
+                if not self._forget_changed_source(document, exc):
+                    self._wait(document, f"publish: {exc}")
+                return
             except (PageSourceError, OutsideOutboxError) as exc:
                 await self._fail(document, str(exc))
                 return
-            except OSError as exc:
-                if exc.errno == errno.ENAMETOOLONG:
-                    await self._fail(document, f"the output name is too long ({exc})")
-                    return
-                # e.g. ENOSPC or a read-only outbox: published once it is writable again
-                self.store.set_document(document.id, state="complete", error=f"publish: {exc}")
-                self.store.log(document.id, None, "error", "publish_failed", str(exc))
-                log.error("publish_failed", error=str(exc), retry_seconds=PUBLISH_RETRY)
-                self._retry_at[document.id] = time.monotonic() + PUBLISH_RETRY
+            except OSError as exc:  # ENOSPC, EROFS, EACCES, ENAMETOOLONG, a link in the outbox
+                self._wait(document, f"publish: {exc}")
                 return
             except Exception as exc:
                 # A page MuPDF cannot copy must not stop the daemon: restarted by systemd,
@@ -117,31 +169,45 @@ class Finalizer:
                 log.exception("assembly_failed")
                 await self._fail(document, f"cannot assemble the PDF ({type(exc).__name__}: {exc})")
                 return
-            state = "done_with_errors" if failed else "done"
+            self._publish_backoff.succeeded(document)
             errors = "; ".join(f"{p.file} page {p.page_index + 1}: {p.error}" for p in failed)
-            self.store.set_document(
-                document.id,
-                state=state,
-                output=str(dest),
-                error=errors or None,
-                version=document.version + 1,
-                published_at=time.time(),
-                cleaned=0,
-            )
-            self.store.log(document.id, None, "info", "document_published", str(dest))
+            output = str(self.settings.folders.outbox / dest)
+            if not self.store.mark_published(
+                document.id, generation, output=output, errors=errors or None
+            ):
+                log.warning("document_changed_while_publishing", output=output)
+                return
+            self.store.log(document.id, None, "info", "document_published", output)
             log.info(
                 "document_published",
-                output=str(dest),
-                state=state,
+                output=output,
+                state="done_with_errors" if failed else "done",
                 pages=len(usable),
                 seconds=round(time.perf_counter() - started, 2),
             )
-            await self._clean_up(document.id)
+            await self._clean_up(self.store.document_by_id(document.id))
+
+    def _forget_changed_source(self, document: Document, exc: OSError) -> bool:
+        """A source changed, vanished or became a link since it was read: forget its
+        pages (intake reads the file again, or the document is gone) and put the
+        document back. Returns False when the error was not about a source."""
+        root = Path(document.root)
+        path = getattr(exc, "path", None) or exc.filename
+        try:
+            file = Path(path).relative_to(root).as_posix() if path else None
+        except ValueError:
+            file = None
+        known = {p.file for p in self.store.pages(document.id)}
+        if file not in known:
+            return False
+        self.store.remove_file(document.id, file)
+        self.store.reopen(document.id)
+        self.store.log(document.id, None, "warning", "source_changed", str(exc))
+        log.warning("source_changed", file=file, reason=str(exc))
+        return True
 
     def _refusal(self, pages: list[Page], failed: list[Page], usable: list[Page]) -> str | None:
-        """Why the document cannot be published, or ``None``."""
-        if not pages:
-            return "the folder holds no pages"
+        """Why the document's content cannot be published, or ``None``."""
         if len(failed) == len(pages):
             return "every page failed: " + "; ".join(
                 f"{p.file} page {p.page_index + 1}: {p.error}" for p in failed
@@ -152,8 +218,8 @@ class Finalizer:
             return "no readable pages"
         return None
 
-    def _destination(self, document: Document) -> Path:
-        """Where this document is published.
+    def _destination(self, document: Document) -> PurePosixPath:
+        """Where this document is published, relative to the outbox.
 
         A new version of a published document replaces its output when the source
         policy is ``keep`` (the new version holds every page of the old one). Under
@@ -167,100 +233,152 @@ class Finalizer:
             OutsideOutboxError: the document's path maps outside the outbox.
         """
         natural = output_path(self.settings, document)
+        outbox = self.settings.folders.outbox
         own = Path(document.output) if document.output else None
-        outbox = self.settings.folders.outbox.resolve()
         if (
             own is not None
             and self.settings.intake.source_policy is SourcePolicy.keep
-            and own.resolve().is_relative_to(outbox)
+            and own.is_relative_to(outbox)
         ):
-            return own
+            return PurePosixPath(own.relative_to(outbox))
         dest = next(
             p
             for p in numbered_paths(natural)
-            if p != own and not self.store.output_taken(str(p), document.id)
+            if outbox / p != own and not self.store.output_taken(str(outbox / p), document.id)
         )
         if dest != natural:
             log.warning("output_name_taken", wanted=str(natural), output=str(dest))
         return dest
 
-    def _write(self, document: Document, pages: list[Page], dest: Path) -> None:
-        """Assemble the PDF and sidecars at ``dest`` in the outbox (blocking)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
+    def _write(self, document: Document, pages: list[Page], dest: PurePosixPath) -> None:
+        """Assemble the PDF and sidecars at ``dest`` under the outbox (blocking)."""
         root = Path(document.root)
         results = [OcrResult.from_dict(json.loads(p.result)) if p.result else None for p in pages]
         items = (
-            PdfPage(PageSource(root / p.file, p.kind, p.page_index), result)
+            PdfPage(PageSource(root / p.file, p.kind, p.page_index, root, p.content_hash), result)
             for p, result in zip(pages, results, strict=True)
         )
         output = self.settings.output
-        assemble_pdf(
-            items,
+        scratch = document_work_dir(self.settings, document.id)
+        scratch.mkdir(parents=True, exist_ok=True)
+        title = Path(document.path).stem
+        write_atomically(
+            self.settings.folders.outbox,
             dest,
-            title=Path(document.path).stem,
-            policy=output.text_policy,
-            chunk_pages=output.chunk_pages,
-            image_dpi=output.image_dpi,
+            lambda tmp: assemble_pdf(
+                items,
+                tmp,
+                title=title,
+                policy=output.text_policy,
+                chunk_pages=output.chunk_pages,
+                image_dpi=output.image_dpi,
+                scratch=scratch,
+            ),
         )
-        write_sidecars(dest, output.sidecars, results, title=Path(document.path).stem)
+        write_sidecars(self.settings.folders.outbox, dest, output.sidecars, results, title=title)
+
+    def _wait(self, document: Document, reason: str) -> None:
+        wait = self._publish_backoff.failed(document)
+        self.store.mark_waiting(document.id, reason)
+        self.store.log(document.id, None, "warning", "document_waiting", reason)
+        log.warning("document_waiting", reason=reason, retry_seconds=wait)
 
     async def _fail(self, document: Document, reason: str) -> None:
-        self.store.set_document(document.id, state="failed", error=reason, cleaned=0)
+        self.store.mark_failed(document.id, reason)
         self.store.log(document.id, None, "error", "document_failed", reason)
         log.error("document_failed", reason=reason)
-        await self._clean_up(document.id)
+        await self._clean_up(self.store.document_by_id(document.id))
 
-    async def _clean_up(self, document_id: int) -> None:
-        """Clean a published or failed document, then record that it is clean."""
-        document = self.store.document_by_id(document_id)
-        files = sorted({p.file for p in self.store.pages(document_id)})
-        await anyio.to_thread.run_sync(self._clean, document, files)
-        self.store.set_document(document_id, cleaned=1)
+    async def _clean_up(self, document: Document) -> None:
+        """Clean a published or failed document, then record that it is clean; an
+        error of the environment leaves it for a later try."""
+        files = self.store.sealed_files(document.id)
+        try:
+            await anyio.to_thread.run_sync(self._clean, document, files)
+        except OSError as exc:
+            wait = self._clean_backoff.failed(document)
+            log.error("cleanup_failed", document=document.path, error=str(exc), retry_seconds=wait)
+            return
+        self._clean_backoff.succeeded(document)
+        self.store.mark_cleaned(document.id)
 
-    def _clean(self, document: Document, files: list[str]) -> None:
-        """Remove temp files and the marker; apply the source policy or move a failed
+    def _clean(self, document: Document, files: dict[str, str]) -> None:
+        """Remove temp files and the marker; apply the source policy, or move a failed
         document's files to the failed folder with a reason file (blocking,
-        idempotent)."""
+        idempotent). Each source is moved or deleted only while it still hashes to
+        what was published (or judged); one that changed is left in place.
+
+        Raises:
+            OSError: the environment's (a full failed folder, permissions); the caller
+                tries again later.
+        """
         remove_work_dir(self.settings, document.id)
         root = Path(document.root)
-        folder = root / document.path if document.kind == "folder" else None
-        if folder is not None:
-            (folder / self.settings.intake.completion_marker).unlink(missing_ok=True)
-        if document.state == "failed":
-            self._move_to(self.settings.folders.failed, root, files)
-            reason_file = unused_path(self.settings.folders.failed / f"{document.path}.reason.txt")
-            reason_file.parent.mkdir(parents=True, exist_ok=True)
+        is_folder = document.kind == "folder"
+        if is_folder:
+            _remove_marker(root, document.path, self.settings.intake.completion_marker)
+        policy = self.settings.intake.source_policy
+        if document.state == DocumentState.failed:
+            self._apply(root, files, self.settings.folders.failed)
             write_atomically(
-                reason_file,
+                self.settings.folders.failed,
+                f"{document.path}.reason.txt",
                 lambda tmp: tmp.write_text(f"{document.path}: {document.error}\n", "utf-8"),
+                replace=False,
             )
-        elif self.settings.intake.source_policy is SourcePolicy.archive:
-            self._move_to(self.settings.folders.archive, root, files)
-        elif self.settings.intake.source_policy is SourcePolicy.delete:
-            for file in files:
-                (root / file).unlink(missing_ok=True)
-        if folder is not None and (
-            document.state == "failed"
-            or self.settings.intake.source_policy is not SourcePolicy.keep
+        elif policy is SourcePolicy.archive:
+            self._apply(root, files, self.settings.folders.archive)
+        elif policy is SourcePolicy.delete:
+            self._apply(root, files, None)
+        if is_folder and (
+            document.state == DocumentState.failed or policy is not SourcePolicy.keep
         ):
-            _remove_empty_dirs(folder, root)
+            _remove_empty_dirs(root, document.path)
 
     @staticmethod
-    def _move_to(target_root: Path, root: Path, files: list[str]) -> None:
-        for file in files:
-            source = root / file
-            if not source.exists():
-                continue
-            dest = unused_path(target_root / file)  # never replaces an earlier original
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(source, dest)
+    def _apply(root: Path, files: dict[str, str], target: Path | None) -> None:
+        """Move each file under ``target`` (never replacing an earlier one), or delete
+        it when ``target`` is ``None``; only while it holds the bytes sealed."""
+        for file, content_hash in sorted(files.items()):
+            try:
+                if target is None:
+                    remove_verified(root, file, content_hash)
+                else:
+                    move_verified(root, file, content_hash, target)
+            except FileNotFoundError:
+                continue  # already moved (a second run) or removed by the user
+            except (SourceChangedError, UnsafePathError) as exc:
+                log.warning("source_left_in_place", file=file, reason=str(exc))
 
 
-def _remove_empty_dirs(folder: Path | None, root: Path) -> None:
-    """Remove ``folder`` and its parents up to (not including) ``root`` while empty."""
-    while folder is not None and folder != root and folder.is_relative_to(root):
+def _remove_marker(root: Path, folder: str, marker: str) -> None:
+    try:
+        dir_fd = open_dir(root, folder)
+    except (FileNotFoundError, UnsafePathError):
+        return
+    try:
+        os.unlink(marker, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _remove_empty_dirs(root: Path, folder: str) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``root`` while empty,
+    through folder descriptors (a link is never followed)."""
+    rel = PurePosixPath(folder)
+    while rel.name:
         try:
-            folder.rmdir()
-        except OSError:
+            parent = open_dir(root, rel.parent if str(rel.parent) != "." else "")
+        except (OSError, UnsafePathError):
             return
-        folder = folder.parent
+        try:
+            os.rmdir(rel.name, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+                log.warning("folder_not_removed", folder=str(rel), error=str(exc))
+            return
+        finally:
+            os.close(parent)
+        rel = rel.parent

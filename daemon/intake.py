@@ -3,14 +3,18 @@
 Events (watchfiles) are hints: each batch triggers a reconcile, and so do a timer
 (every ``rescan_interval`` seconds, and every second while some file is not yet stable)
 and the start of the daemon. A reconcile walks every root, takes files whose size and
-mtime have been stable for ``stable_seconds``, records their pages, notices files that
-changed or left, and marks documents complete.
+mtime have been stable for ``stable_seconds``, records their pages (with the SHA-256
+of the bytes read, through :func:`daemon.files.open_source`: no link is followed),
+notices files that changed or left, and marks documents complete. A document whose
+folder or file left the inbox before it was published is marked gone.
+
+Errors of the environment on one file (permissions, a file written while it is
+hashed) leave that file for the next reconcile; nothing a user drops stops intake.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import stat
 import time
@@ -23,8 +27,9 @@ from natsort import natsort_keygen
 from watchfiles import Change, awatch
 
 from .config import Settings, TextPolicy
+from .files import open_source
 from .pdf import PageSourceError, expand_pages, skipped_pages
-from .store import Document, Store
+from .store import Document, DocumentState, Store
 
 __all__ = ["InboxFilter", "Intake", "natural_key", "scan_root"]
 
@@ -33,8 +38,13 @@ log = structlog.get_logger(__name__)
 natural_key = natsort_keygen()
 """Sort key for natural order of file names (``p2`` before ``p10``)."""
 
-PUBLISHED = ("done", "done_with_errors")
-"""Document states after a successful publication."""
+SETTLED = (
+    DocumentState.done,
+    DocumentState.done_with_errors,
+    DocumentState.failed,
+    DocumentState.gone,
+)
+"""Document states that new or changed files re-open."""
 
 
 class InboxFilter:
@@ -80,9 +90,10 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
     """Walk an inbox root.
 
     A folder directly holding files (or the marker) is a document; a file directly in
-    the root is a document of its own. Symlinks are followed only where they resolve
-    inside the root; folder symlinks are never followed. Names that are not valid UTF-8
-    are refused (they cannot be recorded faithfully).
+    the root is a document of its own. The walk goes through folder descriptors
+    (``os.fwalk``) and never follows a link; a symlink to a file is refused (copy the
+    file in), one to a folder is not entered. Names that are not valid UTF-8 are
+    refused (they cannot be recorded faithfully).
 
     Returns:
         ``({document path relative to root: FolderScan}, {refused path: reason})``;
@@ -90,8 +101,7 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
     """
     documents: dict[str, FolderScan] = {}
     refused: dict[str, str] = {}
-    real_root = root.resolve()
-    for folder, dirs, names in os.walk(root, followlinks=False):
+    for folder, dirs, names, dir_fd in os.fwalk(root, follow_symlinks=False):
         rel_folder = Path(folder).relative_to(root).as_posix()
         for name in [d for d in dirs if not _utf8(d)]:
             refused[_shown(Path(folder, name).relative_to(root).as_posix())] = _NOT_UTF8
@@ -105,11 +115,11 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
                 refused[_shown(rel)] = _NOT_UTF8
                 continue
             try:
-                info = path.stat() if not path.is_symlink() else _inside(path, real_root)
+                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except (FileNotFoundError, PermissionError):
                 continue
-            if info is None:
-                refused[rel] = "a symlink that points outside the inbox; ignored"
+            if stat.S_ISLNK(info.st_mode):
+                refused[rel] = _LINK
                 continue
             if not stat.S_ISREG(info.st_mode):
                 continue
@@ -126,12 +136,7 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
 
 
 _NOT_UTF8 = "the file name is not valid UTF-8; rename it to have it read"
-
-
-def _inside(link: Path, real_root: Path) -> os.stat_result | None:
-    """Stat a symlink's target if it lies inside the root, else ``None``."""
-    target = link.resolve()
-    return target.stat() if target.is_relative_to(real_root) else None
+_LINK = "a symlink: scanhopper never follows links; copy the file in instead"
 
 
 def _utf8(name: str) -> bool:
@@ -146,14 +151,6 @@ def _shown(rel: str) -> str:
     return os.fsencode(rel).decode("utf-8", "backslashreplace")
 
 
-def _hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class _FileInfo:
     kind: str
@@ -163,14 +160,21 @@ class _FileInfo:
     skipped: frozenset[int]
 
 
-def _inspect(path: Path, policy: TextPolicy) -> _FileInfo:
-    """Hash a file and list its pages (blocking; run in a thread)."""
-    content_hash = _hash(path)
-    try:
-        sources = expand_pages(path)
-    except PageSourceError as exc:
-        return _FileInfo("bad", 1, content_hash, exc.reason, frozenset())
-    skipped = skipped_pages(path, policy)
+def _inspect(root: Path, file: str, policy: TextPolicy) -> _FileInfo:
+    """Hash a file and list its pages, all from the same bytes (blocking; run in a
+    thread).
+
+    Raises:
+        daemon.files.SourceChangedError: it was written meanwhile.
+        OSError: it cannot be read (gone, a link, permissions).
+    """
+    with open_source(root, file) as opened:
+        content_hash = opened.sha256()
+        try:
+            sources = expand_pages(root / file, root=root, content_hash=content_hash)
+            skipped = skipped_pages(sources[0], policy)
+        except PageSourceError as exc:
+            return _FileInfo("bad", 1, content_hash, exc.reason, frozenset())
     return _FileInfo(sources[0].kind, len(sources), content_hash, None, skipped)
 
 
@@ -202,16 +206,32 @@ class Intake:
         for root in self.settings.folders.inbox:
             root.mkdir(parents=True, exist_ok=True)
             found, refused = await anyio.to_thread.run_sync(scan_root, root, self.filter)
+            root_key = str(root.resolve())
             for rel, reason in refused.items():
-                if self.store.document(str(root.resolve()), rel) is None:
+                if self.store.document(root_key, rel) is None:
                     log.warning("file_refused", file=rel, reason=reason)
-                    self.store.refuse(str(root.resolve()), rel, reason)
+                    self.store.refuse(root_key, rel, reason)
             for rel, scan in sorted(found.items()):
                 present.update(root / f for f in scan.files)
                 with structlog.contextvars.bound_contextvars(document=rel):
                     waiting |= await self._reconcile_document(root, rel, scan, now)
+            self._mark_gone(root_key, found)
         self._seen = {p: v for p, v in self._seen.items() if p in present}
         return waiting
+
+    def _mark_gone(self, root_key: str, found: dict[str, FolderScan]) -> None:
+        """Documents of this root not on disk any more, and not yet published, are gone
+        (a renamed folder is a new document, whose pages reuse the OCR by hash)."""
+        open_states = (
+            DocumentState.collecting,
+            DocumentState.complete,
+            DocumentState.waiting,
+            DocumentState.publishing,
+        )
+        for document in self.store.documents(open_states):
+            if document.root == root_key and document.path not in found:
+                self.store.mark_gone(document.id)
+                log.info("document_gone", document=document.path)
 
     async def _reconcile_document(self, root: Path, rel: str, scan: FolderScan, now: float) -> bool:
         root_key = str(root.resolve())
@@ -222,17 +242,20 @@ class Intake:
             if not stable and not scan.marker:
                 return unstable
             document = self.store.add_document(root_key, rel, scan.kind)
+        if unstable:
+            self.store.touch(document.id)  # still being written: not settled
         known = self.store.files(document.id)
         changed = {f: v for f, v in stable.items() if known.get(f, (None, None))[:2] != v}
-        if changed and document.state in (*PUBLISHED, "failed"):
+        if changed and document.state in SETTLED:
             self.store.reopen(document.id)
             document = self.store.document_by_id(document.id)
-        if document.state not in (*PUBLISHED, "failed", "publishing"):
+        if document.state not in SETTLED:
             for file in set(known) - set(scan.files):
                 self.store.remove_file(document.id, file)
                 log.info("file_gone", file=file)
         for file, (size, mtime_ns) in sorted(changed.items(), key=lambda kv: natural_key(kv[0])):
             await self._add_file(document, root, file, size, mtime_ns)
+        document = self.store.document_by_id(document.id)
         if not unstable and document.state == "collecting" and self._complete(scan, document):
             self.store.mark_complete(document.id)
             self.store.log(document.id, None, "info", "document_complete", None)
@@ -242,11 +265,13 @@ class Intake:
     async def _add_file(
         self, document: Document, root: Path, file: str, size: int, mtime_ns: int
     ) -> None:
-        path = root / file
         try:
-            info = await anyio.to_thread.run_sync(_inspect, path, self.settings.output.text_policy)
-        except FileNotFoundError:
-            log.info("file_vanished", file=file)
+            info = await anyio.to_thread.run_sync(
+                _inspect, root, file, self.settings.output.text_policy
+            )
+        except OSError as exc:  # vanished, a link, written meanwhile, permissions...
+            log.warning("file_not_taken", file=file, reason=str(exc))
+            self._seen.pop(root / file, None)  # looked at again once stable
             return
         waiting = self.store.add_file(
             document.id,
@@ -271,8 +296,9 @@ class Intake:
         quiet = self.settings.intake.quiet_seconds
         if quiet <= 0 or not scan.files:
             return False
-        newest = max(mtime_ns for _, mtime_ns in scan.files.values()) / 1e9
-        return time.time() - max(newest, document.updated_at) >= quiet
+        now = time.time()
+        newest = min(now, max(mtime_ns for _, mtime_ns in scan.files.values()) / 1e9)
+        return now - max(newest, document.updated_at) >= quiet  # a future mtime counts as now
 
     async def run(self, *, stop: anyio.Event) -> None:
         """Reconcile now, then after each batch of events, every half

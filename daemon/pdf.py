@@ -7,12 +7,17 @@ space (origin top-left of the unrotated page, y downwards).
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import math
+import re
+import shutil
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -25,7 +30,7 @@ from . import __version__
 from .config import TextPolicy
 from .engine import OcrResult, TextLine
 from .engine import image_dpi as file_dpi
-from .files import temp_path_for, write_atomically
+from .files import open_source, temp_path_for
 from .layout import lines_in_reading_order
 
 __all__ = [
@@ -53,11 +58,15 @@ _FONT = pymupdf.Font("cjk")
 _EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
 
 
+_PROC_FD = re.compile(r"/proc/self/fd/\d+")
+
+
 class PageSourceError(Exception):
     """A page cannot be read: the message names the file and the page (1-based)."""
 
     def __init__(self, path: Path, page: int | None, reason: str) -> None:
         where = f"{path}" if page is None else f"{path} page {page + 1}"
+        reason = _PROC_FD.sub(path.name, reason)  # libraries name the file they were given
         super().__init__(f"{where}: {reason}")
         self.path = path
         self.page = page
@@ -70,14 +79,33 @@ class EncryptedPdfError(PageSourceError):
 
 @dataclass(frozen=True)
 class PageSource:
-    """Where one page comes from."""
+    """Where one page comes from. Its file is only ever read through :meth:`open`."""
 
     path: Path
-    """The image or PDF file."""
+    """The image or PDF file (shown in messages)."""
     kind: Literal["image", "pdf"]
     """``image`` (one frame of an image file) or ``pdf`` (one page of a PDF)."""
     index: int = 0
     """Frame or page index in the file, 0-based."""
+    root: Path | None = None
+    """The folder ``path`` is opened under without following links (an inbox root);
+    ``None``: its own folder."""
+    content_hash: str | None = None
+    """SHA-256 the file must still have when opened (recorded at intake)."""
+
+    @contextmanager
+    def open(self) -> Iterator[Path]:
+        """The file, open: yields ``/proc/self/fd/N`` for libraries to read.
+
+        Raises:
+            daemon.files.SourceChangedError: it no longer hashes to ``content_hash``,
+                or changed while open.
+            daemon.files.UnsafePathError: a link on its path under ``root``.
+            OSError: it cannot be opened.
+        """
+        root = self.root or self.path.parent
+        with open_source(root, self.path.relative_to(root).as_posix(), self.content_hash) as f:
+            yield f.path
 
 
 @dataclass(frozen=True)
@@ -88,8 +116,8 @@ class PdfPage:
     ocr: OcrResult | None
 
 
-def _open_pdf(path: Path) -> pymupdf.Document:
-    """Open a PDF for reading.
+def _open_pdf(path: Path, shown: Path) -> pymupdf.Document:
+    """Open a PDF for reading (``shown`` names it in errors).
 
     Raises:
         EncryptedPdfError: it needs a password.
@@ -98,31 +126,45 @@ def _open_pdf(path: Path) -> pymupdf.Document:
     try:
         doc = pymupdf.open(path, filetype="pdf")
     except (pymupdf.FileDataError, RuntimeError, ValueError) as exc:
-        raise PageSourceError(path, None, f"not a readable PDF ({exc})") from exc
+        raise PageSourceError(shown, None, f"not a readable PDF ({exc})") from exc
     if doc.needs_pass:
         doc.close()
-        raise EncryptedPdfError(path, None, "the PDF is encrypted and needs a password")
+        raise EncryptedPdfError(shown, None, "the PDF is encrypted and needs a password")
     if doc.page_count == 0:
         doc.close()
-        raise PageSourceError(path, None, "the PDF has no pages")
+        raise PageSourceError(shown, None, "the PDF has no pages")
     return doc
 
 
-def expand_pages(path: Path) -> list[PageSource]:
+@contextmanager
+def _opened_pdf(source: PageSource) -> Iterator[pymupdf.Document]:
+    with source.open() as path, _open_pdf(path, source.path) as doc:
+        yield doc
+
+
+def expand_pages(
+    path: Path, *, root: Path | None = None, content_hash: str | None = None
+) -> list[PageSource]:
     """List the pages of a file: one per PDF page or image frame, in order.
+
+    Args:
+        path: The file; opened under ``root`` (default: its folder) without links.
+        content_hash: SHA-256 the file must have; the sources returned carry it.
 
     Raises:
         PageSourceError: unsupported type, unreadable or empty file (encrypted PDFs
             raise :class:`EncryptedPdfError`).
+        daemon.files.SourceChangedError, OSError: as :meth:`PageSource.open`.
     """
     suffix = path.suffix.lower()
+    whole = PageSource(path, "pdf", 0, root, content_hash)
     if suffix == ".pdf":
-        with _open_pdf(path) as doc:
-            return [PageSource(path, "pdf", i) for i in range(doc.page_count)]
+        with _opened_pdf(whole) as doc:
+            return [PageSource(path, "pdf", i, root, content_hash) for i in range(doc.page_count)]
     if suffix not in IMAGE_SUFFIXES:
         raise PageSourceError(path, None, f"unsupported file type {suffix or '(none)'!r}")
     try:
-        with Image.open(path) as im:
+        with whole.open() as opened, Image.open(opened) as im:
             frames = getattr(im, "n_frames", 1)
             im.verify()
     except (
@@ -133,19 +175,22 @@ def expand_pages(path: Path) -> list[PageSource]:
         SyntaxError,
     ) as exc:
         raise PageSourceError(path, None, f"not a readable image ({exc})") from exc
-    return [PageSource(path, "image", i) for i in range(frames)]
+    return [PageSource(path, "image", i, root, content_hash) for i in range(frames)]
 
 
 def _has_visible_text(page: pymupdf.Page) -> bool:
     return any(span["type"] != 3 for span in page.get_texttrace())
 
 
-def skipped_pages(path: Path, policy: TextPolicy) -> frozenset[int]:
+def skipped_pages(source: PageSource, policy: TextPolicy) -> frozenset[int]:
     """Pages of a file that are kept as they are, without OCR, under ``policy``.
 
     Under ``skip`` a PDF page with any text is kept; under ``redo`` only one with
     visible text (not render mode 3); under ``force`` none. Image files: none. A page
     that cannot be loaded is not skipped (rendering it reports what is wrong).
+
+    Args:
+        source: Any page of the file (as :func:`expand_pages` gives).
 
     Returns:
         0-based page indexes.
@@ -153,10 +198,10 @@ def skipped_pages(path: Path, policy: TextPolicy) -> frozenset[int]:
     Raises:
         PageSourceError: the PDF cannot be opened.
     """
-    if path.suffix.lower() != ".pdf" or policy is TextPolicy.force:
+    if source.kind != "pdf" or policy is TextPolicy.force:
         return frozenset()
     kept = set()
-    with _open_pdf(path) as doc:
+    with _opened_pdf(source) as doc:
         for index in range(doc.page_count):
             try:
                 page = doc.load_page(index)
@@ -197,7 +242,7 @@ def render_page(source: PageSource, dest: Path, *, dpi: float, max_pixels: int) 
     Raises:
         PageSourceError: the page cannot be read or rendered.
     """
-    with _open_pdf(source.path) as doc:
+    with _opened_pdf(source) as doc:
         page = _load_page(doc, source)
         area_in2 = (page.rect.width / 72.0) * (page.rect.height / 72.0)
         used = min(dpi, math.sqrt(max_pixels / max(area_in2, 1e-6)))
@@ -215,18 +260,26 @@ def prepare_page(
 ) -> tuple[Path, int]:
     """Make the image file a worker OCRs for one page.
 
-    Image pages are read by the worker from their own file (frame included); PDF
-    pages are rasterised into ``work_dir`` (see :func:`render_page`).
+    Workers read only files in ``work_dir``, never a source: an image file is copied
+    there (its bytes checked as they are copied, the worker then decodes the frame);
+    a PDF page is rasterised there (see :func:`render_page`). Each page gets a folder
+    of its own, so the file keeps its source's name.
 
     Returns:
         ``(image path, frame index)`` for :meth:`daemon.workers.WorkerPool.ocr`.
 
     Raises:
         PageSourceError: a PDF page cannot be rendered.
+        daemon.files.SourceChangedError, OSError: as :meth:`PageSource.open`.
     """
+    folder = work_dir / f"{source.path.name[:32]}-{source.index}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
     if source.kind == "image":
-        return source.path, source.index
-    dest = work_dir / f"{source.path.stem}-p{source.index + 1:05d}.png"
+        dest = folder / source.path.name
+        with source.open() as opened:
+            shutil.copyfile(opened, dest)
+        return dest, source.index
+    dest = folder / f"{source.path.stem}-p{source.index + 1:05d}.png"
     render_page(source, dest, dpi=dpi, max_pixels=max_pixels)
     return dest, 0
 
@@ -341,9 +394,9 @@ def _image_page(
     """
     source, ocr = item.source, item.ocr
     try:
-        with Image.open(source.path) as im:
+        with source.open() as path, Image.open(path) as im:
             im.seek(source.index)
-            chunks = _png_chunks(source.path.read_bytes()) if im.format == "PNG" else {}
+            chunks = _png_chunks(path.read_bytes()) if im.format == "PNG" else {}
             # Pillow finds a PNG's EXIF only by decoding the whole image: skip that when
             # the file has no eXIf chunk.
             has_exif = im.format != "PNG" or b"eXIf" in chunks
@@ -351,7 +404,7 @@ def _image_page(
             kept = im.format in ("JPEG", "PNG") and orientation in _EXIF_ROTATION
             width, height = im.size[::-1] if orientation in (6, 8) else im.size
             dpi = ocr.dpi if ocr is not None else file_dpi(im, default_dpi)
-            data = source.path.read_bytes() if kept and im.format == "JPEG" else None
+            data = path.read_bytes() if kept and im.format == "JPEG" else None
             xref = _png_image(doc, chunks) if kept and im.format == "PNG" else 0
             if xref is None:  # a PNG that PDF cannot carry as it is
                 kept, data, xref = False, None, 0
@@ -492,20 +545,17 @@ def _write_chunk(pages: list[PdfPage], policy: TextPolicy, default_dpi: float) -
     """Build ``pages`` in a new document, fonts subset (unused objects are dropped and
     streams compressed by the whole save at the end of :func:`assemble_pdf`)."""
     doc = pymupdf.open()
-    sources: dict[Path, pymupdf.Document] = {}
+    sources: dict[PageSource, pymupdf.Document] = {}
     layer = _TextLayer()
-    try:
+    with ExitStack() as opened:  # each source PDF open once for the chunk
         for item in pages:
             if item.source.kind == "pdf":
-                path = item.source.path
-                if path not in sources:
-                    sources[path] = _open_pdf(path)
-                _pdf_page(doc, sources[path], item, policy, layer)
+                whole = replace(item.source, index=0)
+                if whole not in sources:
+                    sources[whole] = opened.enter_context(_opened_pdf(whole))
+                _pdf_page(doc, sources[whole], item, policy, layer)
             else:
                 _image_page(doc, item, default_dpi, layer)
-    finally:
-        for src in sources.values():
-            src.close()
     doc.subset_fonts()
     used = {c for item in pages if item.ocr for line in item.ocr.lines for c in line.text}
     _trim_font_tables(doc, used)
@@ -562,8 +612,9 @@ def assemble_pdf(
     policy: TextPolicy = TextPolicy.skip,
     chunk_pages: int = 25,
     image_dpi: float = 300.0,
+    scratch: Path | None = None,
 ) -> int:
-    """Write one searchable PDF from pages in order, atomically, in bounded memory.
+    """Write one searchable PDF from pages in order, in bounded memory.
 
     Pages are built ``chunk_pages`` at a time in a fresh in-memory document, fonts
     subset, then appended to a first temp file with an incremental save, so memory
@@ -572,43 +623,75 @@ def assemble_pdf(
     150 MB peak for a 460 MB PDF) into a second temp file: one revision, and the
     copies that chunks made of objects their source PDF shares across pages (fonts)
     merged back into one. Source PDFs' outlines (bookmarks), which copying pages leaves
-    behind, are carried over. The second temp file is fsynced and renamed to ``dest``;
-    on any error no file is left at ``dest`` or beside it.
+    behind, are carried over. The whole save writes ``dest``: make it atomic with
+    :func:`daemon.files.write_atomically`. A page that cannot be read stops before
+    ``dest`` is written; the temp file is always removed.
 
     Args:
         pages: Pages in document order; may be a generator.
-        dest: The output PDF path.
+        dest: Where the PDF is written.
         title: Document title (metadata).
         policy: What was done with PDF pages that had text (under ``redo`` and
             ``force``, a page's old invisible text is removed before the new layer is
             added).
         chunk_pages: Pages built in memory at once.
         image_dpi: DPI of an image page without OCR whose file states none.
+        scratch: Folder for the temp file (default: ``dest``'s folder).
 
     Returns:
         The number of pages written.
 
     Raises:
         PageSourceError: a page cannot be read (naming its file and page).
+        daemon.files.SourceChangedError: a source changed since intake read it.
+        OSError: the temp file or ``dest`` cannot be written (MuPDF's write errors,
+            e.g. a full disk, are raised as ``OSError``).
         ValueError: ``pages`` is empty.
     """
-    count = 0
-
-    def write(tmp: Path) -> None:
-        nonlocal count
-        chunks = temp_path_for(dest)
-        try:
-            count, placed = _append_chunks(pages, chunks, title, policy, chunk_pages, image_dpi)
-            if count == 0:
-                raise ValueError(f"{dest}: a document needs at least one page")
-            with pymupdf.open(chunks) as doc:
-                _copy_outlines(doc, placed)
-                doc.save(tmp, garbage=4, deflate=True, use_objstms=1)
-        finally:
-            chunks.unlink(missing_ok=True)
-
-    write_atomically(dest, write)
+    chunks = temp_path_for((scratch or dest.parent) / "chunks")
+    try:
+        count, placed = _append_chunks(pages, chunks, title, policy, chunk_pages, image_dpi)
+        if count == 0:
+            raise ValueError(f"{dest}: a document needs at least one page")
+        with pymupdf.open(chunks) as doc:
+            _copy_outlines(doc, placed)
+            with _writing(dest), open(dest, "wb") as out:
+                doc.save(_Stream(out), garbage=4, deflate=True, use_objstms=1)
+    finally:
+        chunks.unlink(missing_ok=True)
     return count
+
+
+class _Stream:
+    """A binary file as PyMuPDF's ``save`` takes a stream: without a ``name``, which
+    would make it save to that path (and MuPDF removes a file before saving over it,
+    which ``/proc/self/fd/N`` does not allow)."""
+
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file = file
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+    def truncate(self, size: int | None = None) -> int:
+        return self.file.truncate(size)
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Raise MuPDF's errors while writing ``path`` as ``OSError`` (the environment's
+    fault: a full disk, an I/O error), never as a fault of the pages."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        full = "No space left" in str(exc)
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"cannot write {path}: {exc}") from exc
 
 
 def _append_chunks(
@@ -618,7 +701,7 @@ def _append_chunks(
     policy: TextPolicy,
     chunk_pages: int,
     image_dpi: float,
-) -> tuple[int, dict[Path, dict[int, int]]]:
+) -> tuple[int, dict[PageSource, dict[int, int]]]:
     """Write ``pages`` to ``path`` a chunk at a time (see :func:`assemble_pdf`).
 
     Returns:
@@ -626,11 +709,12 @@ def _append_chunks(
         1-based numbers of the output pages they became.
     """
     count = 0
-    placed: dict[Path, dict[int, int]] = {}
+    placed: dict[PageSource, dict[int, int]] = {}
     for chunk in _batched(pages, chunk_pages):
         for number, item in enumerate(chunk, count + 1):
             if item.source.kind == "pdf":
-                placed.setdefault(item.source.path, {})[item.source.index] = number
+                whole = replace(item.source, index=0)
+                placed.setdefault(whole, {})[item.source.index] = number
         part = _write_chunk(chunk, policy, image_dpi)
         if count == 0:
             now = datetime.now(UTC).strftime("D:%Y%m%d%H%M%SZ")
@@ -643,9 +727,10 @@ def _append_chunks(
                     "modDate": now,
                 }
             )
-            part.save(path)
+            with _writing(path):
+                part.save(path)
         else:
-            with pymupdf.open(path) as out:
+            with pymupdf.open(path) as out, _writing(path):
                 out.insert_pdf(part)
                 out.save(path, incremental=True, encryption=pymupdf.PDF_ENCRYPT_KEEP)
         count += len(chunk)
@@ -653,7 +738,7 @@ def _append_chunks(
     return count, placed
 
 
-def _copy_outlines(doc: pymupdf.Document, placed: dict[Path, dict[int, int]]) -> None:
+def _copy_outlines(doc: pymupdf.Document, placed: dict[PageSource, dict[int, int]]) -> None:
     """Give ``doc`` the outlines (bookmarks) of the source PDFs its pages come from,
     which copying pages leaves behind: each PDF's tree in the order its pages appear,
     each entry pointing at the output page its target became (same spot on the page);
@@ -662,8 +747,8 @@ def _copy_outlines(doc: pymupdf.Document, placed: dict[Path, dict[int, int]]) ->
     without a target.)
     """
     toc: list[list] = []
-    for path, pages in sorted(placed.items(), key=lambda item: min(item[1].values())):
-        with pymupdf.open(path) as src:
+    for source, pages in sorted(placed.items(), key=lambda item: min(item[1].values())):
+        with _opened_pdf(source) as src:
             entries = src.get_toc(simple=False)
         for level, title, page, dest in entries:
             number = pages.get(page - 1, -1)

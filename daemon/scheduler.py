@@ -4,7 +4,14 @@ At most ``devices x (queue_depth + 1)`` pages are in flight at once (claimed, be
 prepared, in a device slot's queue or being read): each slot reads one page while up to
 ``queue_depth`` wait prepared for it. That caps the pages prepared ahead (backpressure),
 whatever the backlog. Pages of complete documents go first, then the oldest documents.
-Page preparation (rasterising PDF pages) runs in threads, overlapping with OCR.
+Page preparation (rasterising PDF pages, copying image files) runs in threads,
+overlapping with OCR; workers read only those prepared files, each made from the
+source's bytes checked against the hash intake recorded.
+
+A page whose source changed, vanished or became a link since intake read it is
+forgotten (intake reads the file again); one that meets an error of the environment
+(a full state disk, permissions) waits ``ENVIRONMENT_RETRY`` seconds and goes back to
+pending without counting an attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import anyio
 import structlog
 
 from .config import Settings
+from .files import SourceChangedError, UnsafePathError
 from .pdf import PageSource, PageSourceError, prepare_page
 from .store import Page, Store
 from .workers import PageFailedError, WorkerPool
@@ -23,6 +31,9 @@ from .workers import PageFailedError, WorkerPool
 __all__ = ["Scheduler", "document_work_dir"]
 
 log = structlog.get_logger(__name__)
+
+ENVIRONMENT_RETRY = 10.0
+"""Seconds a page that met an error of the environment waits before it is pending again."""
 
 
 def document_work_dir(settings: Settings, document_id: int) -> Path:
@@ -59,9 +70,9 @@ class Scheduler:
 
     async def _process(self, page: Page) -> None:
         document = self.store.document_by_id(page.document_id)
-        source = PageSource(Path(document.root) / page.file, page.kind, page.page_index)
+        root = Path(document.root)
+        source = PageSource(root / page.file, page.kind, page.page_index, root, page.content_hash)
         work = document_work_dir(self.settings, document.id)
-        work.mkdir(parents=True, exist_ok=True)
         output = self.settings.output
         with structlog.contextvars.bound_contextvars(
             document=document.path, page=f"{page.file}#{page.page_index + 1}"
@@ -73,12 +84,22 @@ class Scheduler:
                             source, work, dpi=output.render_dpi, max_pixels=output.max_pixels
                         )
                     )
-                except (PageSourceError, OSError) as exc:
+                except PageSourceError as exc:
                     self._failed(page, str(exc), final=True)
                     return
-                await self._ocr(page, image, frame)
-                if image.parent == work:
-                    image.unlink(missing_ok=True)
+                except (SourceChangedError, UnsafePathError, FileNotFoundError) as exc:
+                    self.store.remove_file(page.document_id, page.file)
+                    log.warning("source_changed", reason=str(exc))
+                    return
+                except OSError as exc:
+                    log.error("page_waiting", reason=str(exc), retry_seconds=ENVIRONMENT_RETRY)
+                    await anyio.sleep(ENVIRONMENT_RETRY)
+                    self.store.page_attempt_failed(page.id, str(exc), final=False)
+                    return
+                try:
+                    await self._ocr(page, image, frame)
+                finally:
+                    shutil.rmtree(image.parent, ignore_errors=True)
             finally:
                 self.in_flight -= 1
 
@@ -89,7 +110,8 @@ class Scheduler:
         except PageFailedError as exc:
             attempts = page.attempts + 1
             final = exc.cause == "error" or attempts >= self.settings.workers.max_attempts
-            self._failed(page, exc.reason, final=final, attempts=attempts)
+            reason = exc.reason.replace(str(image), page.file)  # name the source, not the copy
+            self._failed(page, reason, final=final, attempts=attempts)
             return
         self.store.page_done(page.id, result.to_dict(), result.seconds, device=result.device)
         log.info("page_done", device=result.device, seconds=result.seconds, lines=len(result.lines))

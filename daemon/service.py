@@ -95,11 +95,11 @@ def request_retry(settings: Settings, target: str | None) -> Path:
     """
     if target is not None:
         target = known_document(settings, target)
-    folder = settings.folders.state / "requests"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"retry-{uuid.uuid4().hex}.json"
-    write_atomically(path, lambda tmp: tmp.write_text(json.dumps({"retry": target})))
-    return path
+    rel = f"requests/retry-{uuid.uuid4().hex}.json"
+    write_atomically(
+        settings.folders.state, rel, lambda tmp: tmp.write_text(json.dumps({"retry": target}))
+    )
+    return settings.folders.state / rel
 
 
 def _take_requests(settings: Settings, store: Store) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from xml.sax.saxutils import escape, quoteattr
 
 from . import __version__
 from .config import Sidecar
 from .engine import OcrResult, TextLine
-from .files import write_atomically
+from .files import fit_name, write_atomically
 from .layout import lines_in_reading_order
 
 __all__ = ["render_sidecar", "write_sidecars"]
@@ -131,20 +131,26 @@ def render_sidecar(kind: Sidecar, pages: Pages, *, title: str) -> str:
     return _RENDERERS[kind](pages, title)
 
 
-def write_sidecars(pdf: Path, kinds: Sequence[Sidecar], pages: Pages, *, title: str) -> list[Path]:
+def write_sidecars(
+    root: Path, pdf: PurePosixPath, kinds: Sequence[Sidecar], pages: Pages, *, title: str
+) -> list[PurePosixPath]:
     """Write each sidecar beside ``pdf`` (``doc.pdf`` -> ``doc.txt``, ``doc.alto.xml``...),
-    each atomically.
+    each atomically and through no link (:func:`daemon.files.write_atomically`).
+
+    Args:
+        root: The outbox.
+        pdf: The PDF's path relative to ``root``.
 
     Returns:
-        The paths written.
+        The paths written, relative to ``root``.
 
     Raises:
         OSError: a file could not be written (no partial file is left).
     """
     written = []
     for kind in kinds:
-        dest = pdf.with_suffix(f".{kind.value}")
+        dest = pdf.with_name(fit_name(f"{pdf.stem}.{kind.value}"))
         text = render_sidecar(kind, pages, title=title)
-        write_atomically(dest, lambda tmp, text=text: tmp.write_text(text, "utf-8"))
+        write_atomically(root, dest, lambda tmp, text=text: tmp.write_text(text, "utf-8"))
         written.append(dest)
     return written

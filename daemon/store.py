@@ -3,10 +3,9 @@
 All SQL lives here. The daemon is the one writer (guarded by :class:`InstanceLock`);
 ``scanhopper status`` and plain ``sqlite3`` read the same file at any time.
 
-Times are Unix seconds (REAL). Page states: ``pending`` -> ``queued`` -> ``running`` ->
-``done`` | ``failed``, or ``skipped`` (a PDF page kept as it is, no OCR). Document
-states: ``collecting`` -> ``complete`` -> ``publishing`` -> ``done`` |
-``done_with_errors`` | ``failed``.
+Times are Unix seconds (REAL). States are :class:`PageState` and
+:class:`DocumentState`; a document changes state only through the named methods of
+:class:`Store`, each allowed from the states :data:`TRANSITIONS` lists.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,73 @@ from .errors import ExitCode, ScanhopperError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "TRANSITIONS",
     "AlreadyRunningError",
     "Document",
+    "DocumentState",
     "InstanceLock",
     "Page",
+    "PageState",
     "StateDatabaseError",
     "Store",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Current schema version, kept in ``PRAGMA user_version``."""
 
-TERMINAL_PAGE_STATES = ("done", "failed", "skipped")
+
+class PageState(StrEnum):
+    """Where a page stands: ``pending`` -> ``queued`` -> ``running`` -> ``done`` or
+    ``failed``; ``skipped`` is a PDF page kept as it is (no OCR)."""
+
+    pending = "pending"
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    skipped = "skipped"
+
+
+TERMINAL_PAGE_STATES = (PageState.done, PageState.failed, PageState.skipped)
 """Page states that need no more work."""
+
+
+class DocumentState(StrEnum):
+    """Where a document stands (the ``state`` column and the ``document_status`` view)."""
+
+    collecting = "collecting"
+    """Pages are taken and read; not yet complete."""
+    complete = "complete"
+    """Marked complete: published once every page is read and the folder settled."""
+    publishing = "publishing"
+    """Its PDF is being written."""
+    waiting = "waiting"
+    """Cannot be published for now (full disk, permissions, a link in the way, no
+    pages yet): ``error`` says why; tried again with backoff."""
+    done = "done"
+    """Published."""
+    done_with_errors = "done_with_errors"
+    """Published; some pages failed (listed in ``error``)."""
+    failed = "failed"
+    """Its content cannot be published (``error``); files moved to the failed folder."""
+    gone = "gone"
+    """Its folder or file left the inbox before it was published."""
+
+
+_D = DocumentState
+_OPEN = (_D.collecting, _D.complete, _D.publishing, _D.waiting)
+_SETTLED = (_D.done, _D.done_with_errors, _D.failed, _D.gone)
+TRANSITIONS: dict[DocumentState, tuple[DocumentState, ...]] = {
+    _D.collecting: (*_SETTLED, _D.complete, _D.waiting),
+    _D.complete: (*_OPEN, *_SETTLED),
+    _D.publishing: (_D.complete, _D.waiting),
+    _D.waiting: (_D.complete, _D.publishing),
+    _D.done: (_D.publishing,),
+    _D.done_with_errors: (_D.publishing,),
+    _D.failed: (_D.complete, _D.publishing, _D.waiting),
+    _D.gone: (_D.collecting, _D.complete, _D.waiting, _D.publishing),
+}
+"""For each document state, the states it may be entered from."""
 
 
 class StateDatabaseError(ScanhopperError):
@@ -64,7 +118,7 @@ class Document:
     """Folder or loose file path relative to the root (POSIX separators)."""
     kind: str
     """``folder`` or ``file`` (a loose file)."""
-    state: str
+    state: DocumentState
     complete: bool
     """The completion marker (or quiet time, or stability of a loose file) was seen."""
     version: int
@@ -74,6 +128,9 @@ class Document:
     updated_at: float
     cleaned: bool
     """Temp files, marker and source policy are dealt with after the last publication."""
+    generation: int
+    """Counts changes to the document's pages; a publication is recorded only if it
+    did not change meanwhile (:meth:`Store.mark_published`)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +146,8 @@ class Page:
     kind: str
     """``image``, ``pdf``, or ``bad`` (the file could not be read at all)."""
     content_hash: str
-    state: str
+    """SHA-256 of the file's bytes when intake read it."""
+    state: PageState
     attempts: int
     error: str | None
     result: str | None
@@ -147,6 +205,11 @@ _MIGRATIONS = [
         message TEXT
     );
     CREATE INDEX events_document ON events (document_id, at);
+    """,
+    """
+    ALTER TABLE documents ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE documents ADD COLUMN changed_at REAL;
+    ALTER TABLE pages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 """Migration ``n`` brings the schema from version ``n`` to ``n + 1``."""
@@ -358,12 +421,22 @@ class Store:
             params = list(states)
         return [_document(r) for r in self.db.query(sql + " ORDER BY id", params)]
 
-    def set_document(self, document_id: int, **values: Any) -> None:
-        """Update columns of a document (``updated_at`` is set too)."""
-        self.db.table("documents").update(document_id, {**values, "updated_at": time.time()})
+    def _move(self, document_id: int, to: DocumentState, **values: Any) -> bool:
+        """Put a document in state ``to`` if :data:`TRANSITIONS` allows it from its
+        current state, setting ``values`` too. Returns whether it moved."""
+        allowed = TRANSITIONS[to]
+        columns = {**values, "state": to.value, "updated_at": time.time()}
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        cursor = self.db.execute(
+            f"UPDATE documents SET {assignments} WHERE id = ? "
+            f"AND state IN ({', '.join('?' for _ in allowed)})",
+            [*columns.values(), document_id, *allowed],
+        )
+        return cursor.rowcount == 1
 
     def mark_complete(self, document_id: int) -> None:
-        """Record that the document is complete (idempotent)."""
+        """Record that the document is complete (idempotent); it stays complete, so
+        pages that arrive after a publication publish it again."""
         with self.db.atomic():
             self.db.execute(
                 "UPDATE documents SET complete = 1, completed_at = ?, updated_at = ?, "
@@ -372,21 +445,105 @@ class Store:
                 [time.time(), time.time(), document_id],
             )
 
-    def reopen(self, document_id: int) -> None:
-        """A published document got new pages: collect again until complete again."""
-        self.set_document(document_id, state="collecting", complete=0, error=None)
-        self.log(document_id, None, "info", "document_reopened", None)
+    def touch(self, document_id: int) -> None:
+        """Something under the document is still being written: it is not settled."""
+        self.db.execute(
+            "UPDATE documents SET changed_at = ? WHERE id = ?", [time.time(), document_id]
+        )
 
-    def documents_to_publish(self) -> list[Document]:
-        """Complete documents whose every page is terminal (or that are mid-publish)."""
-        placeholders = ", ".join("?" for _ in TERMINAL_PAGE_STATES)
+    def reopen(self, document_id: int) -> None:
+        """A published, failed or gone document got new or changed pages: read them,
+        then publish again (at once if it was marked complete before)."""
+        document = self.document_by_id(document_id)
+        to = DocumentState.complete if document.complete else DocumentState.collecting
+        if self._move(document_id, to, error=None):
+            self.log(document_id, None, "info", "document_reopened", None)
+
+    def start_publishing(self, document_id: int) -> int:
+        """The document's PDF is about to be written.
+
+        Returns:
+            Its generation now, for :meth:`mark_published`.
+        """
+        self._move(document_id, DocumentState.publishing)
+        return self.document_by_id(document_id).generation
+
+    def mark_published(
+        self, document_id: int, generation: int, *, output: str, errors: str | None
+    ) -> bool:
+        """Record a publication, unless the document's pages changed since
+        :meth:`start_publishing` returned ``generation`` (then it goes back to
+        ``complete`` to be published again, and its sources are not touched).
+
+        The pages published are sealed: only they may be archived or deleted.
+
+        Returns:
+            Whether the publication was recorded.
+        """
+        state = DocumentState.done_with_errors if errors else DocumentState.done
+        with self.db.atomic():
+            if self.document_by_id(document_id).generation != generation:
+                self._move(document_id, DocumentState.complete)
+                return False
+            self.db.execute(
+                "UPDATE documents SET version = version + 1, published_at = ? WHERE id = ?",
+                [time.time(), document_id],
+            )
+            self._move(document_id, state, output=output, error=errors, cleaned=0)
+            self.db.execute("UPDATE pages SET sealed = 1 WHERE document_id = ?", [document_id])
+        return True
+
+    def mark_waiting(self, document_id: int, reason: str) -> None:
+        """The document cannot be published for now (the environment's fault)."""
+        self._move(document_id, DocumentState.waiting, error=reason)
+
+    def mark_failed(self, document_id: int, reason: str) -> None:
+        """The document's content cannot be published; its pages are sealed so that
+        cleaning moves exactly those files to the failed folder."""
+        with self.db.atomic():
+            self._move(document_id, DocumentState.failed, error=reason, cleaned=0)
+            self.db.execute("UPDATE pages SET sealed = 1 WHERE document_id = ?", [document_id])
+
+    def mark_gone(self, document_id: int) -> None:
+        """The document's folder or file left the inbox before it was published."""
+        if self._move(document_id, DocumentState.gone, error=None):
+            self.log(document_id, None, "info", "document_gone", None)
+
+    def mark_cleaned(self, document_id: int) -> None:
+        """Temp files, marker and source policy are dealt with."""
+        self.db.execute("UPDATE documents SET cleaned = 1 WHERE id = ?", [document_id])
+
+    def documents_to_clean(self) -> list[Document]:
+        """Published or failed documents whose cleaning is still to do."""
         rows = self.db.query(
-            "SELECT * FROM documents d WHERE (d.state = 'complete' AND NOT EXISTS ("
-            f" SELECT 1 FROM pages p WHERE p.document_id = d.id AND p.state NOT IN "
-            f"({placeholders}))) OR d.state = 'publishing' ORDER BY d.completed_at, d.id",
-            list(TERMINAL_PAGE_STATES),
+            "SELECT * FROM documents WHERE cleaned = 0 "
+            "AND state IN ('done', 'done_with_errors', 'failed') ORDER BY id"
         )
         return [_document(r) for r in rows]
+
+    def documents_to_publish(self, settled_before: float) -> list[Document]:
+        """Documents to publish now: complete or waiting ones whose every page is
+        terminal and that did not change since ``settled_before`` (Unix seconds),
+        and those a crash left mid-publish."""
+        placeholders = ", ".join("?" for _ in TERMINAL_PAGE_STATES)
+        rows = self.db.query(
+            "SELECT * FROM documents d WHERE (d.state IN ('complete', 'waiting') "
+            "AND COALESCE(d.changed_at, 0) <= ? AND NOT EXISTS ("
+            f" SELECT 1 FROM pages p WHERE p.document_id = d.id AND p.state NOT IN "
+            f"({placeholders}))) OR d.state = 'publishing' ORDER BY d.completed_at, d.id",
+            [settled_before, *TERMINAL_PAGE_STATES],
+        )
+        return [_document(r) for r in rows]
+
+    def _changed(self, document_id: int) -> None:
+        """The document's set of pages changed: bump its generation; a waiting document
+        is tried again."""
+        self.db.execute(
+            "UPDATE documents SET generation = generation + 1, changed_at = ?, updated_at = ?, "
+            "error = CASE WHEN state = 'waiting' THEN NULL ELSE error END, "
+            "state = CASE WHEN state = 'waiting' THEN 'complete' ELSE state END WHERE id = ?",
+            [time.time(), time.time(), document_id],
+        )
 
     # -- pages -----------------------------------------------------------------
 
@@ -447,7 +604,7 @@ class Store:
                 else:
                     waiting += 1
                 self.db.table("pages").insert(row)
-            self.set_document(document_id)
+            self._changed(document_id)
         return waiting
 
     def _earlier_result(self, content_hash: str, page_index: int) -> str | None:
@@ -461,12 +618,21 @@ class Store:
         return rows[0]["result"] if rows else None
 
     def remove_file(self, document_id: int, file: str) -> None:
-        """Forget a file that left the inbox before its document was published."""
+        """Forget a file: it left the inbox before its document was published, or it
+        changed since it was read (intake reads it again)."""
         with self.db.atomic():
             self.db.execute(
                 "DELETE FROM pages WHERE document_id = ? AND file = ?", [document_id, file]
             )
-            self.set_document(document_id)
+            self._changed(document_id)
+
+    def sealed_files(self, document_id: int) -> dict[str, str]:
+        """Files of the document's last publication (or failure): ``{file: SHA-256}``."""
+        rows = self.db.query(
+            "SELECT DISTINCT file, content_hash FROM pages WHERE document_id = ? AND sealed = 1",
+            [document_id],
+        )
+        return {r["file"]: r["content_hash"] for r in rows}
 
     def pages(self, document_id: int) -> list[Page]:
         """The document's pages (order them with natural sort of ``file``, then index)."""
@@ -551,7 +717,7 @@ class Store:
             )
             doc_where = "AND id = ?" if document_id else ""
             self.db.execute(
-                "UPDATE documents SET state = 'complete', error = NULL "
+                "UPDATE documents SET state = 'complete', error = NULL, complete = 1 "
                 f"WHERE state IN ('failed', 'done_with_errors') {doc_where}",
                 params,
             )
@@ -600,13 +766,14 @@ def _document(row: dict[str, Any]) -> Document:
         row["root"],
         row["path"],
         row["kind"],
-        row["state"],
+        DocumentState(row["state"]),
         bool(row["complete"]),
         row["version"],
         row["output"],
         row["error"],
         row["updated_at"],
         bool(row["cleaned"]),
+        row["generation"],
     )
 
 
@@ -618,7 +785,7 @@ def _page(row: dict[str, Any]) -> Page:
         row["page_index"],
         row["kind"],
         row["content_hash"],
-        row["state"],
+        PageState(row["state"]),
         row["attempts"],
         row["error"],
         row["result"],

@@ -40,7 +40,7 @@ class Daemon:
             f'[folders]\ninbox = ["{self.inbox}"]\noutbox = "{self.outbox}"\n'
             f'archive = "{home / "archive"}"\nfailed = "{home / "failed"}"\n'
             f'state = "{self.state}"\n'
-            "[intake]\nstable_seconds = 0.3\n"
+            "[intake]\nstable_seconds = 0.3\nsettle_seconds = 0.3\n"
             f'[ocr]\nengine = "{engine}"\ncpu_threads = 1\n'
             "[workers]\npage_timeout = 30\nhealth_interval = 0.5\nstop_grace = 5\n" + extra
         )

@@ -51,7 +51,7 @@ def ocr_of(corpus_ocr):
 def _build(corpus, ocr_of, name: str, dest: Path, **kwargs) -> tuple[Path, list[PdfPage]]:
     """Assemble a corpus document the way the daemon does: OCR where the default text
     policy asks for it, the page kept as it is elsewhere."""
-    kept = skipped_pages(corpus / name, TextPolicy.skip)
+    kept = skipped_pages(expand_pages(corpus / name)[0], TextPolicy.skip)
     pages = [
         PdfPage(src, None if src.index in kept else ocr_of(name, src.index))
         for src in expand_pages(corpus / name)
@@ -387,8 +387,8 @@ def test_a_pdf_form_keeps_its_fields(tmp_path):
 
 def test_a_page_with_text_is_kept_and_not_ocrd_under_the_default_policy(corpus, tmp_path):
     sources = expand_pages(corpus / "pdf/tagged.pdf")
-    assert skipped_pages(corpus / "pdf/tagged.pdf", TextPolicy.skip) == {0, 1}
-    assert skipped_pages(corpus / "pdf/tagged.pdf", TextPolicy.force) == set()
+    assert skipped_pages(expand_pages(corpus / "pdf/tagged.pdf")[0], TextPolicy.skip) == {0, 1}
+    assert skipped_pages(expand_pages(corpus / "pdf/tagged.pdf")[0], TextPolicy.force) == set()
     assemble_pdf([PdfPage(s, None) for s in sources], tmp_path / "out.pdf", title="tagged")
     with pymupdf.open(corpus / "pdf/tagged.pdf") as src, pymupdf.open(tmp_path / "out.pdf") as out:
         assert [p.get_text() for p in out] == [p.get_text() for p in src]
@@ -400,8 +400,8 @@ def test_an_earlier_ocr_layer_is_replaced_instead_of_adding_a_second(
 ):
     first, pages = _build(corpus, ocr_of, "pdf/ccitt.pdf", tmp_path / "first.pdf")
     (source,) = expand_pages(first)
-    assert skipped_pages(first, TextPolicy.skip) == {0}  # our own invisible layer
-    assert skipped_pages(first, policy) == set()
+    assert skipped_pages(expand_pages(first)[0], TextPolicy.skip) == {0}  # our own invisible layer
+    assert skipped_pages(expand_pages(first)[0], policy) == set()
     assemble_pdf(
         [PdfPage(source, pages[0].ocr)], tmp_path / "again.pdf", title="again", policy=policy
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from pathlib import PurePosixPath
 
 import pymupdf
 import pytest
@@ -153,16 +154,17 @@ def test_the_txt_sidecar_equals_the_pdfs_extracted_text(tmp_path):
     ]
     pdf = tmp_path / "doc.pdf"
     assemble_pdf(items, pdf, title="doc")
-    (txt,) = write_sidecars(pdf, [Sidecar.txt], PAGES, title="doc")
+    (txt,) = write_sidecars(tmp_path, PurePosixPath("doc.pdf"), [Sidecar.txt], PAGES, title="doc")
     with pymupdf.open(pdf) as doc:
         extracted = [page.get_text() for page in doc]
     assert txt.name == "doc.txt"
-    assert txt.read_text("utf-8").split("\f") == extracted
+    assert (tmp_path / txt).read_text("utf-8").split("\f") == extracted
 
 
 @pytest.mark.parametrize("kind", list(Sidecar))
 def test_each_sidecar_is_written_beside_the_pdf(tmp_path, kind):
-    (path,) = write_sidecars(tmp_path / "a b.pdf", [kind], PAGES, title="a b")
+    (rel,) = write_sidecars(tmp_path, PurePosixPath("a b.pdf"), [kind], PAGES, title="a b")
+    path = tmp_path / rel
     assert path == tmp_path / f"a b.{kind.value}"
     assert path.read_text("utf-8") == render_sidecar(kind, PAGES, title="a b")
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
