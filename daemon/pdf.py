@@ -30,7 +30,7 @@ from . import __version__
 from .config import TextPolicy
 from .engine import OcrResult, TextLine
 from .engine import image_dpi as file_dpi
-from .files import open_source, temp_path_for
+from .files import SourceChangedError, UnsafePathError, open_source, temp_path_for
 from .layout import lines_in_reading_order
 
 __all__ = [
@@ -59,6 +59,9 @@ _EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
 
 
 _PROC_FD = re.compile(r"/proc/self/fd/\d+")
+_NOT_THE_CONTENT = (SourceChangedError, UnsafePathError, FileNotFoundError)
+"""Errors opening a source that say nothing of its content (it changed, moved or is a
+link): never reported as an unreadable page."""
 
 
 class PageSourceError(Exception):
@@ -167,6 +170,8 @@ def expand_pages(
         with whole.open() as opened, Image.open(opened) as im:
             frames = getattr(im, "n_frames", 1)
             im.verify()
+    except _NOT_THE_CONTENT:
+        raise
     except (
         UnidentifiedImageError,
         Image.DecompressionBombError,
@@ -409,6 +414,8 @@ def _image_page(
             if xref is None:  # a PNG that PDF cannot carry as it is
                 kept, data, xref = False, None, 0
             stream = data if kept else _lossless(ImageOps.exif_transpose(im))
+    except _NOT_THE_CONTENT:
+        raise
     except (
         UnidentifiedImageError,
         Image.DecompressionBombError,
@@ -689,9 +696,11 @@ def _writing(path: Path) -> Iterator[None]:
     fault: a full disk, an I/O error), never as a fault of the pages."""
     try:
         yield
-    except (RuntimeError, ValueError) as exc:
-        full = "No space left" in str(exc)
-        raise OSError(errno.ENOSPC if full else errno.EIO, f"cannot write {path}: {exc}") from exc
+    except Exception as exc:  # MuPDF's FzError* classes, our stream's OSError inside them
+        if "No space left" in str(exc) or "Errno 28" in str(exc):
+            raise OSError(errno.ENOSPC, "cannot write the PDF: no space left on device") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OSError(errno.EIO, f"cannot write the PDF: {first}") from exc
 
 
 def _append_chunks(
