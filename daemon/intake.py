@@ -29,7 +29,7 @@ from watchfiles import Change, awatch
 from .config import Settings, TextPolicy
 from .files import open_source
 from .pdf import PageSourceError, expand_pages, skipped_pages
-from .store import Document, DocumentState, Store
+from .store import OPEN_STATES, Document, DocumentState, Store
 
 __all__ = ["InboxFilter", "Intake", "natural_key", "scan_root"]
 
@@ -222,13 +222,7 @@ class Intake:
     def _mark_gone(self, root_key: str, found: dict[str, FolderScan]) -> None:
         """Documents of this root not on disk any more, and not yet published, are gone
         (a renamed folder is a new document, whose pages reuse the OCR by hash)."""
-        open_states = (
-            DocumentState.collecting,
-            DocumentState.complete,
-            DocumentState.waiting,
-            DocumentState.publishing,
-        )
-        for document in self.store.documents(open_states):
+        for document in self.store.documents(OPEN_STATES):
             if document.root == root_key and document.path not in found:
                 self.store.mark_gone(document.id)
                 log.info("document_gone", document=document.path)

@@ -30,7 +30,7 @@ from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
 from .status import known_document
-from .store import InstanceLock, StateDatabaseError, Store
+from .store import OPEN_STATES, InstanceLock, StateDatabaseError, Store
 from .workers import WorkerPool, open_worker_pool
 
 __all__ = ["INBOX_LOCK", "FolderError", "SystemdNotifier", "request_retry", "run_daemon"]
@@ -124,7 +124,7 @@ def _status_line(store: Store, pool: WorkerPool) -> str:
     waiting = sum(r["pages_waiting"] or 0 for r in rows)
     done = sum(r["pages_done"] or 0 for r in rows)
     failed = sum(r["pages_failed"] or 0 for r in rows)
-    open_docs = sum(r["state"] in ("collecting", "complete", "publishing") for r in rows)
+    open_docs = sum(r["state"] in OPEN_STATES for r in rows)
     queued = " ".join(f"{slot}={n}" for slot, n in pool.queued().items())
     return (
         f"{open_docs} documents open, {waiting} pages waiting, {done} done, {failed} failed;"

@@ -51,14 +51,12 @@ def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
     """
     from .intake import natural_key
 
-    rel = _relative(settings, path)
+    rel = known_document(settings, path)
     store = Store.open_readonly(settings.database)
     try:
         rows = list(store.db.query("SELECT * FROM page_status WHERE document = ?", [rel]))
     finally:
         store.close()
-    if not rows:
-        raise NotFoundError(f"no document {path!r} in {settings.database}")
     return sorted(rows, key=lambda r: (natural_key(r["file"]), r["page"]))
 
 

@@ -25,6 +25,7 @@ from sqlite_utils import Database
 from .errors import ExitCode, ScanhopperError
 
 __all__ = [
+    "OPEN_STATES",
     "SCHEMA_VERSION",
     "TRANSITIONS",
     "AlreadyRunningError",
@@ -80,11 +81,12 @@ class DocumentState(StrEnum):
 
 
 _D = DocumentState
-_OPEN = (_D.collecting, _D.complete, _D.publishing, _D.waiting)
+OPEN_STATES = (_D.collecting, _D.complete, _D.publishing, _D.waiting)
+"""Document states of work not yet settled (published, failed or gone)."""
 _SETTLED = (_D.done, _D.done_with_errors, _D.failed, _D.gone)
 TRANSITIONS: dict[DocumentState, tuple[DocumentState, ...]] = {
     _D.collecting: (*_SETTLED, _D.complete, _D.waiting),
-    _D.complete: (*_OPEN, *_SETTLED),
+    _D.complete: (*OPEN_STATES, *_SETTLED),
     _D.publishing: (_D.complete, _D.waiting),
     _D.waiting: (_D.complete, _D.publishing),
     _D.done: (_D.publishing,),

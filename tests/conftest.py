@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+from harness import Daemon
 
 from daemon.config import Settings
 from daemon.models import ensure_default_models
@@ -102,3 +104,12 @@ def corpus_ocr(corpus, shared_state, tmp_path_factory):
 
     anyio.run(run)
     return lambda name, index=0: results[name, index]
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    """A daemon on temp folders (not started); killed if a test leaves it running."""
+    d = Daemon(tmp_path)
+    yield d
+    if d.process is not None and d.process.poll() is None:
+        d.stop(signal.SIGKILL)

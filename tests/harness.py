@@ -9,9 +9,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pymupdf
+from PIL import Image
 
 TESTS = Path(__file__).resolve().parent
 
@@ -128,3 +132,22 @@ class Daemon:
     def engine_done(self) -> list[str]:
         """Page file names the fake engine finished reading, one entry per call."""
         return [json.loads(p.read_text())["page"] for p in self.engine_log.glob("done-*.json")]
+
+
+def page_image(path: Path, size: tuple[int, int] = (300, 200), seed: str | None = None) -> Path:
+    """A distinct page image (its pixels differ with ``seed``, default its name; the
+    fake engine reads its stem), written under a temp name and renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    image = Image.new("RGB", size, "white")
+    crc = zlib.crc32((seed or path.name).encode())
+    image.putpixel((crc % size[0], (crc >> 8) % size[1]), (0, 0, 0))
+    image.save(tmp, format="PNG")
+    tmp.rename(path)
+    return path
+
+
+def pdf_texts(path: Path) -> list[str]:
+    """The text of each page of a PDF, stripped."""
+    with pymupdf.open(path) as doc:
+        return [p.get_text().strip() for p in doc]

@@ -11,14 +11,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import psutil
 import pymupdf
 import pytest
-from harness import Daemon
-from PIL import Image
+from harness import Daemon, page_image, pdf_texts
 
 from daemon.files import remove_stale_temp_files
 
@@ -26,38 +24,13 @@ SCANHOPPER = [sys.executable, "-m", "daemon"]
 """The command line, run with this interpreter (its console script may not be on PATH)."""
 
 
-def _page(path: Path, size=(300, 200)) -> Path:
-    """A distinct page image (its content differs with its name), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    image = Image.new("RGB", size, "white")
-    seed = zlib.crc32(path.name.encode())
-    image.putpixel((seed % size[0], (seed >> 8) % size[1]), (0, 0, 0))
-    image.save(tmp, format="PNG")
-    tmp.rename(path)
-    return path
-
-
-def _pdf_texts(path: Path) -> list[str]:
-    with pymupdf.open(path) as doc:
-        return [page.get_text().strip() for page in doc]
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    yield d
-    if d.process is not None and d.process.poll() is None:
-        d.stop(signal.SIGKILL)
-
-
 def test_a_completed_folder_is_published_in_natural_order(daemon):
     daemon.start()
     for name in ("p10.png", "p2.png", "p1.png"):
-        _page(daemon.inbox / "letters" / name)
+        page_image(daemon.inbox / "letters" / name)
     daemon.command("complete", str(daemon.inbox / "letters"))
     daemon.wait_for(lambda: daemon.states().get("letters") == "done", what="letters done")
-    assert _pdf_texts(daemon.outbox / "letters.pdf") == ["p1", "p2", "p10"]
+    assert pdf_texts(daemon.outbox / "letters.pdf") == ["p1", "p2", "p10"]
     assert not (daemon.inbox / "letters" / ".complete").exists()  # the marker is consumed
     assert list((daemon.state / "cache" / "documents").glob("*/*")) == []
     assert daemon.stop() == 0
@@ -71,32 +44,32 @@ def test_a_completed_folder_is_published_in_natural_order(daemon):
 
 def test_a_loose_file_is_its_own_document_once_stable(daemon):
     daemon.start()
-    _page(daemon.inbox / "receipt.png")
+    page_image(daemon.inbox / "receipt.png")
     daemon.wait_for(lambda: daemon.states().get("receipt.png") == "done")
-    assert _pdf_texts(daemon.outbox / "receipt.pdf") == ["receipt"]
+    assert pdf_texts(daemon.outbox / "receipt.pdf") == ["receipt"]
     assert daemon.stop() == 0
 
 
 def test_files_dropped_while_the_daemon_was_down_are_taken_at_start(daemon):
-    _page(daemon.inbox / "box" / "a1.png")
-    _page(daemon.inbox / "box" / "a2.png")
+    page_image(daemon.inbox / "box" / "a1.png")
+    page_image(daemon.inbox / "box" / "a2.png")
     (daemon.inbox / "box" / ".complete").touch()
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get("box") == "done")
-    assert _pdf_texts(daemon.outbox / "box.pdf") == ["a1", "a2"]
+    assert pdf_texts(daemon.outbox / "box.pdf") == ["a1", "a2"]
     assert daemon.stop() == 0
 
 
 def test_a_republished_document_reuses_the_ocr_of_unchanged_pages(daemon):
     daemon.start()
-    _page(daemon.inbox / "file" / "p1.png")
+    page_image(daemon.inbox / "file" / "p1.png")
     daemon.command("complete", str(daemon.inbox / "file"))
     daemon.wait_for(lambda: daemon.states().get("file") == "done")
-    _page(daemon.inbox / "file" / "p2.png")  # published again, with no second marker
+    page_image(daemon.inbox / "file" / "p2.png")  # published again, with no second marker
     daemon.wait_for(
         lambda: (
             daemon.states().get("file") == "done"
-            and _pdf_texts(daemon.outbox / "file.pdf") == ["p1", "p2"]
+            and pdf_texts(daemon.outbox / "file.pdf") == ["p1", "p2"]
         )
     )
     (row,) = [r for r in daemon.status() if r["path"] == "file"]
@@ -117,7 +90,9 @@ def test_source_policy_and_a_folder_name_used_again(tmp_path, policy):
     try:
         for batch, names in enumerate((["p1.png", "p2.png"], ["p1.png"])):
             for name in names:
-                _page(daemon.inbox / "box" / f"{batch}-{name}").rename(daemon.inbox / "box" / name)
+                page_image(daemon.inbox / "box" / f"{batch}-{name}").rename(
+                    daemon.inbox / "box" / name
+                )
             daemon.command("complete", str(daemon.inbox / "box"))
             daemon.wait_for(
                 lambda: (
@@ -128,8 +103,8 @@ def test_source_policy_and_a_folder_name_used_again(tmp_path, policy):
     finally:
         assert daemon.stop() == 0
     # the second batch is a PDF of its own; the first one's PDF is untouched
-    assert _pdf_texts(daemon.outbox / "box.pdf") == ["p1", "p2"]
-    assert _pdf_texts(daemon.outbox / "box (2).pdf") == ["p1"]
+    assert pdf_texts(daemon.outbox / "box.pdf") == ["p1", "p2"]
+    assert pdf_texts(daemon.outbox / "box (2).pdf") == ["p1"]
     archived = sorted(p.name for p in (tmp_path / "archive").rglob("*.png"))
     assert archived == (["p1 (2).png", "p1.png", "p2.png"] if policy == "archive" else [])
 
@@ -138,7 +113,7 @@ def test_kill_9_mid_document_loses_only_the_pages_in_flight(tmp_path):
     daemon = Daemon(tmp_path, env={"FAKE_ENGINE_DELAY": "0.4"})
     names = [f"s{i}.png" for i in range(1, 13)]
     for name in names:
-        _page(daemon.inbox / "batch" / name)
+        page_image(daemon.inbox / "batch" / name)
     (daemon.inbox / "batch" / ".complete").touch()
     daemon.start()
     db = daemon.state / "state.db"
@@ -154,7 +129,7 @@ def test_kill_9_mid_document_loses_only_the_pages_in_flight(tmp_path):
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get("batch") == "done", what="batch done")
     assert daemon.stop() == 0
-    assert _pdf_texts(daemon.outbox / "batch.pdf") == [n[:-4] for n in names]
+    assert pdf_texts(daemon.outbox / "batch.pdf") == [n[:-4] for n in names]
     calls = daemon.engine_done()
     for name in stored:  # a stored result is never recomputed
         assert calls.count(name) == 1, name
@@ -213,7 +188,7 @@ def test_a_second_daemon_refuses_to_start_and_names_the_first(daemon):
 
 def test_status_reads_while_the_daemon_runs_and_after(daemon):
     daemon.start()
-    _page(daemon.inbox / "doc" / "x.png")
+    page_image(daemon.inbox / "doc" / "x.png")
     daemon.command("complete", str(daemon.inbox / "doc"))
     daemon.wait_for(lambda: daemon.states().get("doc") == "done")
     table = daemon.command("status").stdout
@@ -228,11 +203,11 @@ def test_status_reads_while_the_daemon_runs_and_after(daemon):
 
 def test_a_failed_page_is_retried_on_request(daemon):
     daemon.start()
-    _page(daemon.inbox / "mixed" / "raise.png")
-    _page(daemon.inbox / "mixed" / "ok.png")
+    page_image(daemon.inbox / "mixed" / "raise.png")
+    page_image(daemon.inbox / "mixed" / "ok.png")
     daemon.command("complete", str(daemon.inbox / "mixed"))
     daemon.wait_for(lambda: daemon.states().get("mixed") == "done_with_errors")
-    assert _pdf_texts(daemon.outbox / "mixed.pdf") == ["ok", ""]  # image-only page kept
+    assert pdf_texts(daemon.outbox / "mixed.pdf") == ["ok", ""]  # image-only page kept
     (row,) = daemon.status()
     assert "raise.png page 1: RuntimeError: fake engine refuses raise.png" in row["error"]
     daemon.command("retry", "mixed")
@@ -272,7 +247,7 @@ def test_sd_notify_reports_ready_status_watchdog_and_stopping(tmp_path):
 
 def test_sigterm_drains_the_page_in_flight_and_exits_cleanly(daemon):
     daemon.start()
-    _page(daemon.inbox / "last" / "slow.png")
+    page_image(daemon.inbox / "last" / "slow.png")
     daemon.command("complete", str(daemon.inbox / "last"))
     daemon.wait_for(lambda: list(daemon.engine_log.glob("call-*.json")), what="page started")
     assert daemon.stop() == 0
@@ -362,7 +337,7 @@ def test_status_without_a_database_says_so(tmp_path):
 
 
 def test_time_from_completion_to_publication_is_short(daemon):
-    _page(daemon.inbox / "quick" / "q.png")
+    page_image(daemon.inbox / "quick" / "q.png")
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get("quick") == "collecting")
     daemon.wait_for(lambda: [r for r in daemon.status() if r["pages_done"] == 1])
@@ -380,7 +355,7 @@ def test_faulty_pages_are_retried_then_failed_and_the_rest_is_published(tmp_path
     )
     names = ["a1.png", "segv.png", "hang.png", "raise.png", "nan.png", "outside.png", "z9.png"]
     for name in names:
-        _page(daemon.inbox / "faults" / name)
+        page_image(daemon.inbox / "faults" / name)
     (daemon.inbox / "faults" / ".complete").touch()
     daemon.start()
     try:

@@ -10,13 +10,11 @@ import os
 import signal
 import subprocess
 import time
-import zlib
 from pathlib import Path
 
 import anyio
-import pymupdf
 import pytest
-from harness import Daemon
+from harness import Daemon, page_image, pdf_texts
 from PIL import Image
 
 from daemon.config import Settings
@@ -33,23 +31,6 @@ from daemon.finalize import Finalizer
 from daemon.store import DocumentState, Store
 
 
-def _page(path: Path, size=(300, 200), seed: str | None = None) -> Path:
-    """A distinct page image (its content differs with ``seed``, default its name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    image = Image.new("RGB", size, "white")
-    crc = zlib.crc32((seed or path.name).encode())
-    image.putpixel((crc % size[0], (crc >> 8) % size[1]), (0, 0, 0))
-    image.save(tmp, format="PNG")
-    tmp.rename(path)
-    return path
-
-
-def _pdf_texts(path: Path) -> list[str]:
-    with pymupdf.open(path) as doc:
-        return [page.get_text().strip() for page in doc]
-
-
 def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under ``folder`` with its mtime and bytes."""
     return {
@@ -57,14 +38,6 @@ def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    yield d
-    if d.process is not None and d.process.poll() is None:
-        d.stop(signal.SIGKILL)
 
 
 def _policy(daemon: Daemon, policy: str) -> None:
@@ -77,7 +50,7 @@ def _policy(daemon: Daemon, policy: str) -> None:
 
 def test_no_open_follows_a_link_anywhere_on_the_path(tmp_path):
     root, outside = tmp_path / "root", tmp_path / "outside"
-    _page(outside / "p1.png")
+    page_image(outside / "p1.png")
     (root / "real").mkdir(parents=True)
     os.symlink(outside, root / "dir-link")
     os.symlink(outside / "p1.png", root / "real" / "file-link.png")
@@ -90,11 +63,11 @@ def test_no_open_follows_a_link_anywhere_on_the_path(tmp_path):
 
 
 def test_a_source_that_changed_since_it_was_read_is_refused(tmp_path):
-    path = _page(tmp_path / "p.png")
+    path = page_image(tmp_path / "p.png")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     with open_source(tmp_path, "p.png", digest) as opened:
         assert opened.path.read_bytes() == path.read_bytes()
-    _page(tmp_path / "p.png", seed="other")  # new bytes under the old name
+    page_image(tmp_path / "p.png", seed="other")  # new bytes under the old name
     with pytest.raises(SourceChangedError), open_source(tmp_path, "p.png", digest):
         pass
     with pytest.raises(SourceChangedError), open_source(tmp_path, "p.png") as opened:
@@ -109,14 +82,14 @@ def test_a_source_that_changed_since_it_was_read_is_refused(tmp_path):
 
 
 def test_a_verified_file_is_moved_or_removed_and_nothing_else(tmp_path):
-    first = _page(tmp_path / "in" / "d" / "p.png")
+    first = page_image(tmp_path / "in" / "d" / "p.png")
     digest = hashlib.sha256(first.read_bytes()).hexdigest()
-    _page(tmp_path / "archive" / "d" / "p.png", seed="older")  # an earlier original
+    page_image(tmp_path / "archive" / "d" / "p.png", seed="older")  # an earlier original
     assert str(move_verified(tmp_path / "in", "d/p.png", digest, tmp_path / "archive")) == (
         "d/p (2).png"
     )
     assert not first.exists()
-    second = _page(tmp_path / "in" / "q.png")
+    second = page_image(tmp_path / "in" / "q.png")
     remove_verified(tmp_path / "in", "q.png", hashlib.sha256(second.read_bytes()).hexdigest())
     assert not second.exists()
 
@@ -146,7 +119,7 @@ def _one_page_document(tmp_path: Path) -> tuple[Finalizer, Store, int, Path]:
     root = str((tmp_path / "inbox").resolve())
     document = store.add_document(root, "doc", "folder")
     for name in ("p1.png", "p2.png"):
-        path = _page(tmp_path / "inbox" / "doc" / name)
+        path = page_image(tmp_path / "inbox" / "doc" / name)
         store.add_file(
             document.id,
             f"doc/{name}",
@@ -169,7 +142,7 @@ def test_a_page_added_while_publishing_reopens_the_document(tmp_path, monkeypatc
 
     def add_meanwhile(self, document, pages, dest):
         real(self, document, pages, dest)
-        late = _page(folder / "zz-new.png")  # intake takes it while the PDF is written
+        late = page_image(folder / "zz-new.png")  # intake takes it while the PDF is written
         digest = hashlib.sha256(late.read_bytes()).hexdigest()
         anyio.from_thread.run_sync(
             lambda: store.add_file(
@@ -195,7 +168,7 @@ def test_a_page_replaced_while_publishing_never_gets_the_old_text(tmp_path, monk
     real = Finalizer._write
 
     def replace_first(self, document, pages, dest):
-        _page(folder / "p1.png", seed="new scan")
+        page_image(folder / "p1.png", seed="new scan")
         real(self, document, pages, dest)
 
     monkeypatch.setattr(Finalizer, "_write", replace_first)
@@ -231,8 +204,8 @@ def test_a_folder_swapped_for_a_link_is_never_read_published_or_deleted(daemon, 
     daemon.env["FAKE_ENGINE_DELAY"] = "0.7"
     victim = tmp_path / "victim"
     for name in ("p1.png", "p2.png", "p3.png", "p4.png"):
-        _page(daemon.inbox / "d" / name)
-        _page(victim / name, seed="victim " + name)
+        page_image(daemon.inbox / "d" / name)
+        page_image(victim / name, seed="victim " + name)
     before = _tree(victim)
     (daemon.inbox / "d" / ".complete").touch()
     daemon.start()
@@ -244,7 +217,7 @@ def test_a_folder_swapped_for_a_link_is_never_read_published_or_deleted(daemon, 
     daemon.wait_for(lambda: daemon.states().get("d") == "gone", what="d gone")
     assert daemon.stop() == 0
     assert _tree(victim) == before  # nothing read into a PDF, nothing deleted
-    assert _pdf_texts(daemon.outbox / "x.pdf") == ["p1", "p2", "p3", "p4"]
+    assert pdf_texts(daemon.outbox / "x.pdf") == ["p1", "p2", "p3", "p4"]
     assert not (daemon.outbox / "d.pdf").exists()
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").rglob("*"))
 
@@ -256,7 +229,7 @@ def test_a_file_name_too_long_for_its_reason_file_does_not_stop_the_daemon(daemo
     (daemon.inbox / name).write_bytes(os.urandom(3000))
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get(name) == "failed", what="the bad file failed")
-    _page(daemon.inbox / "good.png")
+    page_image(daemon.inbox / "good.png")
     daemon.wait_for(lambda: daemon.states().get("good.png") == "done", what="a good file")
     assert daemon.stop() == 0
     reasons = list((tmp_path / "failed").glob("*.reason.txt"))
@@ -276,7 +249,7 @@ def test_a_link_planted_in_the_failed_folder_is_never_written_through(daemon, tm
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get("sub/inner") == "failed")
     time.sleep(1)
-    _page(daemon.inbox / "after.png")
+    page_image(daemon.inbox / "after.png")
     daemon.wait_for(lambda: daemon.states().get("after.png") == "done", what="daemon alive")
     assert daemon.stop() == 0
     assert list(elsewhere.iterdir()) == []
@@ -291,7 +264,7 @@ def test_a_link_planted_in_the_outbox_keeps_the_document_waiting(daemon, tmp_pat
     elsewhere.mkdir()
     daemon.outbox.mkdir(parents=True)
     os.symlink(elsewhere, daemon.outbox / "sub")
-    _page(daemon.inbox / "sub" / "doc" / "p1.png")
+    page_image(daemon.inbox / "sub" / "doc" / "p1.png")
     (daemon.inbox / "sub" / "doc" / ".complete").touch()
     daemon.start()
     daemon.wait_for(lambda: daemon.states().get("sub/doc") == "waiting")
@@ -302,7 +275,7 @@ def test_a_link_planted_in_the_outbox_keeps_the_document_waiting(daemon, tmp_pat
     daemon.wait_for(lambda: daemon.states().get("sub/doc") == "done", timeout=60)
     assert daemon.stop() == 0
     assert list(elsewhere.iterdir()) == []
-    assert _pdf_texts(daemon.outbox / "sub" / "doc.pdf") == ["p1"]
+    assert pdf_texts(daemon.outbox / "sub" / "doc.pdf") == ["p1"]
 
 
 def _mount_tmpfs(path: Path, size: str) -> None:
@@ -335,7 +308,7 @@ def test_a_really_full_outbox_waits_and_publishes_once_there_is_room(daemon, tmp
         filler.unlink()
         daemon.wait_for(lambda: daemon.states().get("big") == "done", timeout=90)
         assert daemon.stop() == 0
-        assert _pdf_texts(daemon.outbox / "big.pdf") == ["p1", "p2"]
+        assert pdf_texts(daemon.outbox / "big.pdf") == ["p1", "p2"]
         assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").rglob("*"))
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
@@ -356,12 +329,12 @@ def test_a_marker_first_copy_ends_in_one_pdf_of_every_page(daemon):
     (folder / ".complete").touch()
     for n in range(1, 5):
         time.sleep(0.8)  # longer than stable_seconds (0.3), shorter than settling
-        _page(folder / f"p{n}.png")
+        page_image(folder / f"p{n}.png")
     daemon.wait_for(lambda: daemon.states().get("scan") == "done")
     (row,) = [r for r in daemon.status() if r["path"] == "scan"]
     assert daemon.stop() == 0
     assert row["version"] == 1
-    assert _pdf_texts(daemon.outbox / "scan.pdf") == ["p1", "p2", "p3", "p4"]
+    assert pdf_texts(daemon.outbox / "scan.pdf") == ["p1", "p2", "p3", "p4"]
 
 
 @pytest.mark.slow
@@ -376,7 +349,7 @@ def test_a_scanner_pausing_between_pages_republishes_with_no_second_marker(daemo
     daemon.wait_for(lambda: daemon.states().get("scanner") == "waiting", what="waits for pages")
     assert folder.is_dir()  # never deleted while the scanner may write into it
     for n in range(1, 4):
-        _page(folder / f"p{n}.png")
+        page_image(folder / f"p{n}.png")
         daemon.wait_for(
             lambda n=n: _published(daemon, "scanner") == [f"p{i}" for i in range(1, n + 1)],
             what=f"version with {n} pages",
@@ -386,7 +359,7 @@ def test_a_scanner_pausing_between_pages_republishes_with_no_second_marker(daemo
 
 def _published(daemon: Daemon, path: str) -> list[str] | None:
     rows = [r for r in daemon.status() if r["path"] == path and r["state"] == "done"]
-    return _pdf_texts(Path(rows[0]["output"])) if rows else None
+    return pdf_texts(Path(rows[0]["output"])) if rows else None
 
 
 def test_a_file_with_an_mtime_in_the_future_does_not_block_quiet_completion(tmp_path):
@@ -394,7 +367,7 @@ def test_a_file_with_an_mtime_in_the_future_does_not_block_quiet_completion(tmp_
     daemon = Daemon(tmp_path)
     text = daemon.config.read_text().replace("[intake]\n", "[intake]\nquiet_seconds = 1\n")
     daemon.config.write_text(text)
-    page = _page(daemon.inbox / "future" / "p1.png")
+    page = page_image(daemon.inbox / "future" / "p1.png")
     os.utime(page, (time.time() + 86400, time.time() + 86400))
     daemon.start()
     try:
@@ -406,8 +379,8 @@ def test_a_file_with_an_mtime_in_the_future_does_not_block_quiet_completion(tmp_
 def test_a_renamed_folder_reuses_its_ocr_and_a_deleted_one_is_gone(daemon, tmp_path):
     """Defect 11: no false failed document, no reason file, nothing read twice."""
     for name in ("p1.png", "p2.png"):
-        _page(daemon.inbox / "before" / name)
-    _page(daemon.inbox / "doomed" / "q1.png")
+        page_image(daemon.inbox / "before" / name)
+    page_image(daemon.inbox / "doomed" / "q1.png")
     daemon.start()
     daemon.wait_for(lambda: len(daemon.engine_done()) == 3, what="three pages read")
     (daemon.inbox / "before").rename(daemon.inbox / "after")
@@ -421,5 +394,5 @@ def test_a_renamed_folder_reuses_its_ocr_and_a_deleted_one_is_gone(daemon, tmp_p
     )
     assert daemon.stop() == 0
     assert sorted(daemon.engine_done()) == ["p1.png", "p2.png", "q1.png"]  # read once
-    assert _pdf_texts(daemon.outbox / "after.pdf") == ["p1", "p2"]
+    assert pdf_texts(daemon.outbox / "after.pdf") == ["p1", "p2"]
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").rglob("*"))

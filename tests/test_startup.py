@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -14,14 +13,6 @@ import pytest
 from harness import Daemon
 
 from daemon.config import ConfigError, FolderSettings, load_settings
-
-
-@pytest.fixture
-def daemon(tmp_path):
-    d = Daemon(tmp_path)
-    yield d
-    if d.process is not None and d.process.poll() is None:
-        d.stop(signal.SIGKILL)
 
 
 def _one_error_line(stderr: str) -> str:
