@@ -290,9 +290,10 @@ class Intake:
         quiet = self.settings.intake.quiet_seconds
         if quiet <= 0 or not scan.files:
             return False
-        now = time.time()
-        newest = min(now, max(mtime_ns for _, mtime_ns in scan.files.values()) / 1e9)
-        return now - max(newest, document.updated_at) >= quiet  # a future mtime counts as now
+        # Quiet since the last change intake saw (a file taken, replaced or removed),
+        # not since the files' mtimes: a copy keeps old mtimes, a clock ahead sets future
+        # ones, and neither may hurry or block completion.
+        return time.time() - document.updated_at >= quiet
 
     async def run(self, *, stop: anyio.Event) -> None:
         """Reconcile now, then after each batch of events, every half
