@@ -12,7 +12,13 @@ Prints, measured in one run on the same pages and settings (1 CPU worker, 2 thre
   whose pages are already OCR'd (target < 2 s);
 - peak RSS of the daemon and of its worker.
 
-Usage, from the repository root: ``python -m bench.daemon [--pages N]``.
+``--big-pdf`` instead drops one 300-page, about 270 MB PDF of scans (made here: noisy
+150 dpi JPEG pages) and reads it with the scripted fake engine of ``tests/`` (0.3 s a
+page), so the figures are the daemon's own: its peak RSS while the pages are prepared
+(target < 300 MB), and the document's ETA once 10% of its pages are read against the
+real remaining time (target within 50%).
+
+Usage, from the repository root: ``python -m bench.daemon [--pages N | --big-pdf]``.
 """
 
 from __future__ import annotations
@@ -106,10 +112,94 @@ def worker_seconds(db: Path, document: str) -> float:
     return seconds
 
 
+def make_big_pdf(path: Path, pages: int = 300) -> None:
+    """A PDF of ``pages`` distinct noisy 150 dpi letter-size JPEG scans (about 0.9 MB
+    each), like a long scanned book."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with pymupdf.open() as doc:
+        for _ in range(pages):
+            pixels = rng.integers(150, 256, size=(1650, 1275, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG", quality=80, dpi=(150, 150))
+            page = doc.new_page(width=612, height=792)
+            page.insert_image(page.rect, stream=buffer.getvalue())
+        doc.save(path)
+
+
+def big_pdf() -> None:
+    """The ``--big-pdf`` run (see the module docstring)."""
+    home = Path(tempfile.mkdtemp(prefix="scanhopper-bench-big-"))
+    inbox, outbox, state = home / "inbox", home / "outbox", home / "state"
+    source = home / "book.pdf"
+    make_big_pdf(source)
+    config = home / "scanhopper.toml"
+    config.write_text(
+        f'[folders]\ninbox = ["{inbox}"]\noutbox = "{outbox}"\nstate = "{state}"\n'
+        '[intake]\nstable_seconds = 0.2\n[ocr]\nengine = "fake_engines:ScriptedEngine"\n'
+    )
+    tests = Path(__file__).resolve().parents[1] / "tests"
+    env = {**os.environ, "PYTHONPATH": str(tests), "FAKE_ENGINE_DELAY": "0.3"}
+    log = (home / "daemon.log").open("w")
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "-c", str(config), "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    db = state / "state.db"
+
+    def progress() -> tuple[int, int, float | None]:
+        rows = subprocess.run(
+            [sys.executable, "-m", "daemon", "-c", str(config), "status", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        (row,) = [r for r in json.loads(rows.stdout) if r["path"] == "book.pdf"] or [None]
+        return (
+            (row["pages_done"] or 0, row["pages_total"], row["eta_seconds"])
+            if row
+            else (0, 0, None)
+        )
+
+    try:
+        wait_for(lambda: "daemon_ready" in (home / "daemon.log").read_text(), 300, "ready")
+        shutil.copy(source, inbox / ".book.pdf.part")
+        (inbox / ".book.pdf.part").rename(inbox / "book.pdf")
+        wait_for(lambda: db.exists() and progress()[0] >= 30, 600, "10% of the pages read")
+        done, total, eta = progress()
+        at = time.perf_counter()
+        wait_for((outbox / "book.pdf").exists, 3600, "book published")
+        remaining = time.perf_counter() - at
+        rss = peak_rss_mb(daemon.pid)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=120)
+        log.close()
+    size = source.stat().st_size / 1e6
+    print(f"one PDF of 300 scanned pages, {size:.0f} MB, fake engine 0.3 s a page")
+    print(f"daemon peak RSS: {rss:.0f} MB (target < 300)")
+    print(
+        f"ETA at {done}/{total} pages read: {eta} s; real remaining time to the published"
+        f" PDF: {remaining:.1f} s; ratio {(eta or 0) / remaining:.2f} (target 0.5 to 1.5)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=16, help="pages for the throughput run")
-    count = parser.parse_args().pages
+    parser.add_argument("--big-pdf", action="store_true", help="the 300-page PDF run instead")
+    options = parser.parse_args()
+    if options.big_pdf:
+        big_pdf()
+        return
+    count = options.pages
     from daemon.config import Settings
     from daemon.logs import configure_logging
 

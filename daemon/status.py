@@ -22,8 +22,12 @@ class NotFoundError(ScanhopperError):
 def status_rows(settings: Settings) -> list[dict[str, Any]]:
     """One dict per document (the ``document_status`` view) with an ``eta_seconds``.
 
-    ETA: pages still waiting x mean OCR seconds per page (last 100 pages) / devices;
-    ``None`` when nothing waits or nothing has been timed yet.
+    ETA: the pages still waiting in this document and in those read before it
+    (complete documents first, then the oldest), divided by the pages per second the
+    daemon read over the last 5 minutes (:meth:`Store.pages_per_second`: preparing
+    and queueing included); before 10 pages were read in that window, by the mean
+    worker seconds per page spread over the devices. ``None`` when nothing waits or
+    nothing has been timed yet.
 
     Raises:
         StateDatabaseError: no readable state database.
@@ -31,13 +35,17 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
     store = Store.open_readonly(settings.database)
     try:
         rows = store.status()
+        rate = store.pages_per_second()
         mean = store.page_seconds()
     finally:
         store.close()
-    devices = len(settings.workers.devices)
-    for row in rows:
+    if rate is None and mean:
+        rate = len(settings.workers.devices) / mean
+    ahead = 0
+    for row in sorted(rows, key=lambda r: (r["state"] == "collecting", r["id"])):
         waiting = row["pages_waiting"] or 0
-        row["eta_seconds"] = round(waiting * mean / devices, 1) if waiting and mean else None
+        ahead += waiting
+        row["eta_seconds"] = round(ahead / rate, 1) if waiting and rate else None
     return rows
 
 

@@ -525,12 +525,13 @@ class Store:
 
     def documents_to_publish(self, settled_before: float) -> list[Document]:
         """Documents to publish now: complete or waiting ones whose every page is
-        terminal and that did not change since ``settled_before`` (Unix seconds),
-        and those a crash left mid-publish."""
+        terminal and, for folders, that did not change since ``settled_before`` (Unix
+        seconds; a loose file is one page source, settled once stable), and those a
+        crash left mid-publish."""
         placeholders = ", ".join("?" for _ in TERMINAL_PAGE_STATES)
         rows = self.db.query(
             "SELECT * FROM documents d WHERE (d.state IN ('complete', 'waiting') "
-            "AND COALESCE(d.changed_at, 0) <= ? AND NOT EXISTS ("
+            "AND (d.kind = 'file' OR COALESCE(d.changed_at, 0) <= ?) AND NOT EXISTS ("
             f" SELECT 1 FROM pages p WHERE p.document_id = d.id AND p.state NOT IN "
             f"({placeholders}))) OR d.state = 'publishing' ORDER BY d.completed_at, d.id",
             [settled_before, *TERMINAL_PAGE_STATES],
@@ -752,7 +753,7 @@ class Store:
         return list(self.db.query("SELECT * FROM document_status ORDER BY id"))
 
     def page_seconds(self) -> float | None:
-        """Mean OCR seconds per page over the last 100 pages, for ETAs."""
+        """Mean OCR seconds per page over the last 100 pages (the worker's own time)."""
         row = next(
             self.db.query(
                 "SELECT AVG(seconds) AS s FROM (SELECT seconds FROM pages "
@@ -760,6 +761,24 @@ class Store:
             )
         )
         return row["s"]
+
+    def pages_per_second(self, window: float = 300.0) -> float | None:
+        """Pages read per second over the last ``window`` seconds, the whole pipeline
+        (preparing, queueing and every device), from the pages' finishing times.
+
+        Returns:
+            ``None`` when fewer than 10 pages finished in the window.
+        """
+        row = next(
+            self.db.query(
+                "SELECT COUNT(*) AS n, MIN(finished_at) AS first, MAX(finished_at) AS last "
+                "FROM pages WHERE state = 'done' AND seconds IS NOT NULL AND finished_at >= ?",
+                [time.time() - window],
+            )
+        )
+        if row["n"] < 10 or row["last"] <= row["first"]:
+            return None
+        return (row["n"] - 1) / (row["last"] - row["first"])
 
 
 def _document(row: dict[str, Any]) -> Document:

@@ -17,7 +17,8 @@ import pytest
 from harness import Daemon, page_image, pdf_texts
 from PIL import Image
 
-from daemon.config import Settings
+from bench.daemon import make_big_pdf
+from daemon.config import Settings, TextPolicy
 from daemon.files import (
     SourceChangedError,
     UnsafePathError,
@@ -28,6 +29,8 @@ from daemon.files import (
     write_atomically,
 )
 from daemon.finalize import Finalizer
+from daemon.pdf import expand_pages, skipped_pages
+from daemon.status import status_rows
 from daemon.store import DocumentState, Store
 
 
@@ -396,3 +399,48 @@ def test_a_renamed_folder_reuses_its_ocr_and_a_deleted_one_is_gone(daemon, tmp_p
     assert sorted(daemon.engine_done()) == ["p1.png", "p2.png", "q1.png"]  # read once
     assert pdf_texts(daemon.outbox / "after.pdf") == ["p1", "p2"]
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").rglob("*"))
+
+
+# -- defect 8: memory of a long PDF, and an ETA that holds ---------------------------
+
+
+def test_listing_the_pages_of_a_long_pdf_does_not_keep_its_images(tmp_path):
+    """MuPDF's store kept every image it loaded (up to 256 MB): 300 scanned pages
+    took the daemon from 150 to 400 MB while intake listed them."""
+    make_big_pdf(tmp_path / "long.pdf", pages=30)  # 27 MB: it grew 9 MB, and 250 of 267
+
+    def rss() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGESIZE")
+
+    (first,) = expand_pages(tmp_path / "long.pdf")[:1]
+    before = rss()
+    assert skipped_pages(first, TextPolicy.skip) == set()
+    grown = rss() - before
+    size = (tmp_path / "long.pdf").stat().st_size
+    assert grown < size / 10, (grown, size)  # the images are not kept
+
+
+def test_the_eta_counts_the_pages_ahead_at_the_pace_the_daemon_reads(tmp_path):
+    settings = Settings.model_validate({"folders": {"state": str(tmp_path / "state")}})
+    store = Store.open(settings.database)
+    now = time.time()
+    first = store.add_document("/in", "first", "folder")
+    second = store.add_document("/in", "second", "folder")
+    store.add_file(
+        first.id, "first/a.pdf", kind="pdf", pages=40, size=1, mtime_ns=1, content_hash="a"
+    )
+    store.add_file(
+        second.id, "second/b.pdf", kind="pdf", pages=10, size=1, mtime_ns=1, content_hash="b"
+    )
+    store.mark_complete(first.id)
+    result = {"width": 10, "height": 10, "dpi": 300.0, "lines": []}
+    for n, page in enumerate(store.pages(first.id)[:20]):  # one page every 2 s
+        store.page_done(page.id, result, 0.1, device="cpu")
+        store.db.execute(
+            "UPDATE pages SET finished_at = ? WHERE id = ?", [now - 40 + 2 * n, page.id]
+        )
+    store.close()
+
+    rows = {r["path"]: r for r in status_rows(settings)}
+    assert rows["first"]["eta_seconds"] == pytest.approx(20 * 2, rel=0.1)  # 20 pages left
+    assert rows["second"]["eta_seconds"] == pytest.approx(30 * 2, rel=0.1)  # after first's
