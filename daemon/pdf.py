@@ -7,6 +7,8 @@ space (origin top-left of the unrotated page, y downwards).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import functools
 import io
@@ -57,6 +59,10 @@ _FONT = pymupdf.Font("cjk")
 # 5, 7) have no rotation equivalent and are re-encoded upright instead.
 _EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
 
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):  # not glibc (musl)
+    _LIBC = None
 
 _PROC_FD = re.compile(r"/proc/self/fd/\d+")
 _NOT_THE_CONTENT = (SourceChangedError, UnsafePathError, FileNotFoundError)
@@ -151,15 +157,19 @@ def _opened_pdf(source: PageSource) -> Iterator[pymupdf.Document]:
 
 
 def release_cache() -> None:
-    """Empty MuPDF's resource store, process-wide.
+    """Empty MuPDF's resource store, process-wide, and give freed memory back.
 
     MuPDF keeps every image and font it loaded in a store of up to 256 MB (its
     default, which PyMuPDF cannot lower) until the store is full: listing the text of
     300 scanned pages of a 267 MB PDF took the daemon from 150 to 400 MB and kept it
     there. Emptying it after each use bounds memory by the pages in use, not the
-    file; objects in use are reference-counted and stay.
+    file; objects in use are reference-counted and stay. glibc's ``malloc_trim``
+    then returns the freed pages of every thread's arena to the system (renders in
+    anyio's worker threads otherwise left each arena at its high-water mark).
     """
     pymupdf.TOOLS.store_shrink(100)
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def expand_pages(
@@ -274,6 +284,7 @@ def render_page(source: PageSource, dest: Path, *, dpi: float, max_pixels: int) 
             pix = page.get_pixmap(dpi=max(int(used), 1), colorspace=pymupdf.csRGB, annots=False)
             pix.set_dpi(pix.xres, pix.yres)
             pix.save(dest, output="png")
+            del pix  # freed before the cache is released on closing the PDF
         except (RuntimeError, ValueError, MemoryError) as exc:
             raise PageSourceError(source.path, source.index, f"cannot render ({exc})") from exc
         return float(max(int(used), 1))
