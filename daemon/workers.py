@@ -62,6 +62,9 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS
 _MAX_MESSAGE = 64 * 1024 * 1024
 """Longest reply line accepted from a worker, in bytes."""
 
+RESTART_SECONDS = (2.0, 300.0)
+"""Backoff between tries to restart a worker that fails to start: first, most."""
+
 
 class WorkerStartError(ScanhopperError):
     """A worker could not load its engine (bad model, missing package, bad device)."""
@@ -417,14 +420,33 @@ class WorkerPool:
         return True
 
     async def _serve_slot(self, index: int, ready: anyio.Event) -> None:
-        """Run one slot until the queue closes: start, feed and restart its worker."""
+        """Run one slot until the queue closes: start, feed and restart its worker.
+
+        A worker that cannot start when the pool opens ends the pool
+        (:class:`WorkerStartError`: a bad model or device, which the user must fix).
+        One that cannot be restarted later (a device lost, memory short) is tried
+        again with backoff (:data:`RESTART_SECONDS`) while the other slots take this
+        slot's pages; the daemon goes on.
+        """
         worker: _Worker | None = None
         job: _Job | None = None
+        wait = RESTART_SECONDS[0]
         try:
             while True:
                 if worker is None:
-                    worker = await self._start_worker(index)
+                    if self._queues.closed and job is None:
+                        return
+                    try:
+                        worker = await self._start_worker(index)
+                    except WorkerStartError as exc:
+                        if not ready.is_set():
+                            raise
+                        log.error("worker_start_failed", error=str(exc), retry_seconds=wait)
+                        await self._pause(wait)
+                        wait = min(wait * 2, RESTART_SECONDS[1])
+                        continue
                     ready.set()
+                    wait = RESTART_SECONDS[0]
                 if job is None:
                     job = await self._next_job(index, worker)
                 if job is None and worker.alive():
@@ -447,6 +469,12 @@ class WorkerPool:
         finally:
             if worker is not None:
                 await worker.stop(self.settings.workers.stop_grace)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less once the queues close (the daemon stops)."""
+        with anyio.move_on_after(seconds):
+            while not self._queues.closed:
+                await self._queues.changed()
 
     async def _try_job(self, worker: _Worker, job: _Job) -> bool:
         """Run ``job`` on ``worker``; mark it done unless the worker was already dead.

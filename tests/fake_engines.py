@@ -11,7 +11,8 @@ The page's file name says what the engine does with it:
 - ``slow``: takes 0.5 s (``FAKE_ENGINE_DELAY`` seconds, when set, for every page).
 - anything else: one text line, the file stem, across the top of the page.
 
-``FAKE_ENGINE_FAIL`` makes loading fail; ``FAKE_ENGINE_LOAD_DELAY`` makes it take that
+``FAKE_ENGINE_FAIL`` makes loading fail, and so does ``FAKE_ENGINE_FAIL_IF`` while the
+file it names exists (a device lost after the start); ``FAKE_ENGINE_LOAD_DELAY`` makes it take that
 many seconds (recorded as ``loading`` before the wait, ``load`` after).
 
 Every construction and every call is recorded as a JSON file in ``$FAKE_ENGINE_LOG`` so
@@ -51,6 +52,8 @@ class ScriptedEngine:
     def __init__(self, settings, device: str) -> None:
         if os.environ.get("FAKE_ENGINE_FAIL"):
             raise RuntimeError("fake engine told to fail at load")
+        if Path(os.environ.get("FAKE_ENGINE_FAIL_IF", "/nonexistent")).exists():
+            raise RuntimeError("fake engine: the device is lost")
         _record("loading", device=device)
         time.sleep(float(os.environ.get("FAKE_ENGINE_LOAD_DELAY", "0")))
         self.device = device

@@ -444,3 +444,26 @@ def test_the_eta_counts_the_pages_ahead_at_the_pace_the_daemon_reads(tmp_path):
     rows = {r["path"]: r for r in status_rows(settings)}
     assert rows["first"]["eta_seconds"] == pytest.approx(20 * 2, rel=0.1)  # 20 pages left
     assert rows["second"]["eta_seconds"] == pytest.approx(30 * 2, rel=0.1)  # after first's
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_restart_makes_pages_wait_and_never_ends_the_daemon(tmp_path):
+    """Invariant 11: a device lost after the start (the engine fails to load on
+    restart) is tried again with backoff; the daemon lives and reads on once it is back."""
+    lost = tmp_path / "device-lost"
+    daemon = Daemon(tmp_path, extra="max_attempts = 1\n", env={"FAKE_ENGINE_FAIL_IF": str(lost)})
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        lost.touch()
+        page_image(daemon.inbox / "crash.png")  # the worker dies; its restart fails
+        daemon.wait_for(lambda: "worker_start_failed" in daemon.log_path.read_text())
+        page_image(daemon.inbox / "after.png")
+        time.sleep(1)
+        assert daemon.process.poll() is None
+        assert daemon.states().get("after.png") != "done"  # waits for the device
+        lost.unlink()
+        daemon.wait_for(lambda: daemon.states().get("after.png") == "done", timeout=60)
+        assert daemon.states()["crash.png"] == "failed"
+    finally:
+        assert daemon.stop() == 0
