@@ -400,19 +400,24 @@ def _verified_entry(root: Path, rel: str, content_hash: str) -> tuple[int, str, 
 def _take(dir_fd: int, name: str, identity: Identity, shown: Path) -> str:
     """Rename the entry ``name`` to a temp name, then check it is the verified file, the
     same inode (so no file swapped in after the check is ever moved or removed); on a
-    mismatch
-    it is put back and :class:`SourceChangedError` raised. Returns the temp name."""
+    mismatch it is put back and :class:`SourceChangedError` raised. Returns the temp
+    name."""
     tmp = _temp_name()
     os.rename(name, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     moved = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)
     if (moved.st_dev, moved.st_ino) != (identity.dev, identity.ino):  # a rename sets ctime
-        back = next(
-            p.name for p in numbered_paths(PurePosixPath(name)) if not _exists(p.name, dir_fd)
-        )
-        os.link(tmp, back, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        os.unlink(tmp, dir_fd=dir_fd)
+        _put_back(dir_fd, tmp, name)
         raise SourceChangedError(shown, "was replaced while it was being moved")
     return tmp
+
+
+def _put_back(dir_fd: int, tmp: str, name: str) -> None:
+    """Give a file taken aside (:func:`_take`) its name back, or ``name (2)``... if
+    something took the name meanwhile: never replaced, never left hidden."""
+    names = numbered_paths(PurePosixPath(name))
+    back = next(p.name for p in names if not _exists(p.name, dir_fd))
+    os.link(tmp, back, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    os.unlink(tmp, dir_fd=dir_fd)
 
 
 def remove_verified(root: Path, rel: str, content_hash: str) -> None:
@@ -450,11 +455,11 @@ def move_verified(root: Path, rel: str, content_hash: str, target: Path) -> Pure
         dest_fd = open_dir(target, PurePosixPath(rel).parent, create=True)
         try:
             tmp = _take(dir_fd, name, identity, Path(root, rel))
-            dest = _free_name(PurePosixPath(rel), dest_fd, target, replace=False)
             try:
+                dest = _free_name(PurePosixPath(rel), dest_fd, target, replace=False)
                 os.rename(tmp, dest, src_dir_fd=dir_fd, dst_dir_fd=dest_fd)
             except OSError as exc:
-                os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                _put_back(dir_fd, tmp, name)
                 if exc.errno != errno.EXDEV:
                     raise
                 return _copy_then_remove(root, rel, content_hash, target)

@@ -151,8 +151,8 @@ class Finalizer:
                 return
             started = time.perf_counter()
             try:
-                dest = self._destination(document)
-                await anyio.to_thread.run_sync(self._write, document, usable, dest)
+                wanted = self._destination(document)
+                dest = await anyio.to_thread.run_sync(self._write, document, usable, wanted)
             except (SourceChangedError, UnsafePathError, FileNotFoundError) as exc:
                 if not self._forget_changed_source(document, exc):
                     self._wait(document, f"publish: {exc}")
@@ -250,8 +250,16 @@ class Finalizer:
             log.warning("output_name_taken", wanted=str(natural), output=str(dest))
         return dest
 
-    def _write(self, document: Document, pages: list[Page], dest: PurePosixPath) -> None:
-        """Assemble the PDF and sidecars at ``dest`` under the outbox (blocking)."""
+    def _write(self, document: Document, pages: list[Page], dest: PurePosixPath) -> PurePosixPath:
+        """Assemble the PDF and sidecars at ``dest`` under the outbox (blocking).
+
+        Only the document's own output is ever replaced; any other file found at
+        ``dest`` (an earlier version whose sources were archived or deleted, a file
+        someone put there) is kept, and the PDF gets the next free ``name (N).pdf``.
+
+        Returns:
+            Where the PDF was written, relative to the outbox.
+        """
         root = Path(document.root)
         results = [OcrResult.from_dict(json.loads(p.result)) if p.result else None for p in pages]
         items = (
@@ -262,7 +270,10 @@ class Finalizer:
         scratch = document_work_dir(self.settings, document.id)
         scratch.mkdir(parents=True, exist_ok=True)
         title = Path(document.path).stem
-        write_atomically(
+        own = document.output is not None and Path(document.output) == (
+            self.settings.folders.outbox / dest
+        )
+        written = write_atomically(
             self.settings.folders.outbox,
             dest,
             lambda tmp: assemble_pdf(
@@ -274,8 +285,10 @@ class Finalizer:
                 image_dpi=output.image_dpi,
                 scratch=scratch,
             ),
+            replace=own,
         )
-        write_sidecars(self.settings.folders.outbox, dest, output.sidecars, results, title=title)
+        write_sidecars(self.settings.folders.outbox, written, output.sidecars, results, title=title)
+        return written
 
     def _wait(self, document: Document, reason: str) -> None:
         wait = self._publish_backoff.failed(document)

@@ -86,7 +86,9 @@ class FolderScan:
     """The completion marker is present."""
 
 
-def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], dict[str, str]]:
+def scan_root(
+    root: Path, accept: InboxFilter
+) -> tuple[dict[str, FolderScan], dict[str, str], set[Path]]:
     """Walk an inbox root.
 
     A folder directly holding files (or the marker) is a document; a file directly in
@@ -96,12 +98,15 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
     refused (they cannot be recorded faithfully).
 
     Returns:
-        ``({document path relative to root: FolderScan}, {refused path: reason})``;
-        a refused path has undecodable bytes shown as ``\\xNN``.
+        ``({document path relative to root: FolderScan}, {refused path: reason},
+        {every folder walked, the root included})``; a refused path has undecodable
+        bytes shown as ``\\xNN``.
     """
     documents: dict[str, FolderScan] = {}
     refused: dict[str, str] = {}
+    folders: set[Path] = set()
     for folder, dirs, names, dir_fd in os.fwalk(root, follow_symlinks=False):
+        folders.add(Path(folder))
         rel_folder = Path(folder).relative_to(root).as_posix()
         for name in [d for d in dirs if not _utf8(d)]:
             refused[_shown(Path(folder, name).relative_to(root).as_posix())] = _NOT_UTF8
@@ -132,7 +137,7 @@ def scan_root(root: Path, accept: InboxFilter) -> tuple[dict[str, FolderScan], d
                 scan.marker = True
             else:
                 scan.files[rel] = (info.st_size, info.st_mtime_ns)
-    return documents, refused
+    return documents, refused, folders
 
 
 _NOT_UTF8 = "the file name is not valid UTF-8; rename it to have it read"
@@ -186,6 +191,10 @@ class Intake:
         self.store = store
         self.filter = InboxFilter(marker=settings.intake.completion_marker)
         self._seen: dict[Path, tuple[int, int, float]] = {}
+        self._folders: set[Path] = set(settings.folders.inbox)
+        """The real folders of the last walk: what the watcher watches."""
+        self._rewatch = anyio.Event()
+        """Set when the watcher must start again (the folders changed, or stop)."""
 
     def _stable(self, path: Path, size: int, mtime_ns: int, now: float) -> bool:
         seen = self._seen.get(path)
@@ -203,9 +212,11 @@ class Intake:
         waiting = False
         now = time.time()
         present: set[Path] = set()
+        folders: set[Path] = set()
         for root in self.settings.folders.inbox:
             root.mkdir(parents=True, exist_ok=True)
-            found, refused = await anyio.to_thread.run_sync(scan_root, root, self.filter)
+            found, refused, walked = await anyio.to_thread.run_sync(scan_root, root, self.filter)
+            folders |= walked
             root_key = str(root.resolve())
             for rel, reason in refused.items():
                 if self.store.document(root_key, rel) is None:
@@ -217,6 +228,9 @@ class Intake:
                     waiting |= await self._reconcile_document(root, rel, scan, now)
             self._mark_gone(root_key, found)
         self._seen = {p: v for p, v in self._seen.items() if p in present}
+        if folders != self._folders:
+            self._folders = folders
+            self._rewatch.set()
         return waiting
 
     def _mark_gone(self, root_key: str, found: dict[str, FolderScan]) -> None:
@@ -240,8 +254,8 @@ class Intake:
             self.store.touch(document.id)  # still being written: not settled
         known = self.store.files(document.id)
         changed = {f: v for f, v in stable.items() if known.get(f, (None, None))[:2] != v}
-        if changed and document.state in SETTLED:
-            self.store.reopen(document.id)
+        if (changed and document.state in SETTLED) or document.state == DocumentState.gone:
+            self.store.reopen(document.id)  # changed since it was settled, or back
             document = self.store.document_by_id(document.id)
         if document.state not in SETTLED:
             for file in set(known) - set(scan.files):
@@ -298,27 +312,48 @@ class Intake:
     async def run(self, *, stop: anyio.Event) -> None:
         """Reconcile now, then after each batch of events, every half
         ``stable_seconds`` (0.1 to 1 s) while files are unstable or quiet-time
-        completion is on, and every ``rescan_interval`` seconds, until ``stop`` is set."""
+        completion is on, and every ``rescan_interval`` seconds, until ``stop`` is set.
+
+        The watcher watches each real folder of the last walk on its own
+        (``recursive=False``) and starts again when they change: watchfiles' recursive
+        mode (notify) follows folder links out of the inbox and watches what they point
+        to. A folder that vanished before its watch began only delays the next start.
+        """
         intake = self.settings.intake
         roots = self.settings.folders.inbox
         for root in roots:
             root.mkdir(parents=True, exist_ok=True)
         send, receive = anyio.create_memory_object_stream[None](1)
 
+        def wake() -> None:
+            with contextlib.suppress(anyio.WouldBlock):
+                send.send_nowait(None)  # one pending wake-up is enough
+
         async def watch() -> None:
-            async for _ in awatch(
-                *roots,
-                watch_filter=self.filter,
-                stop_event=stop,
-                force_polling=intake.force_polling,
-                poll_delay_ms=int(intake.poll_interval * 1000),
-                debounce=300,
-                step=50,
-                recursive=True,
-                ignore_permission_denied=True,
-            ):
-                with contextlib.suppress(anyio.WouldBlock):
-                    send.send_nowait(None)  # one pending wake-up is enough
+            while not stop.is_set():
+                self._rewatch = anyio.Event()
+                settled = False
+                try:
+                    async for changes in awatch(
+                        *sorted(self._folders),
+                        watch_filter=self.filter,
+                        stop_event=self._rewatch,
+                        force_polling=intake.force_polling,
+                        poll_delay_ms=int(intake.poll_interval * 1000),
+                        debounce=300,
+                        step=50,
+                        rust_timeout=1000,
+                        yield_on_timeout=True,
+                        recursive=False,
+                        ignore_permission_denied=True,
+                    ):
+                        if changes or not settled:
+                            wake()  # the first timeout: the watches are in place, so a
+                        settled = True  # walk now sees what came before them
+                except OSError as exc:  # a folder vanished meanwhile: walk again
+                    log.debug("watch_restart", reason=str(exc))
+                    wake()
+                    await anyio.sleep(0.5)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch)
@@ -330,4 +365,5 @@ class Intake:
                     await receive.receive()
                 if not stop.is_set():
                     waiting = await self.reconcile()
+            self._rewatch.set()
             tg.cancel_scope.cancel()

@@ -477,7 +477,8 @@ class Store:
         :meth:`start_publishing` returned ``generation`` (then it goes back to
         ``complete`` to be published again, and its sources are not touched).
 
-        The pages published are sealed: only they may be archived or deleted.
+        The pages published are sealed: only they may be archived or deleted (a file
+        that could not be read at all is in no PDF, and stays where it is).
 
         Returns:
             Whether the publication was recorded.
@@ -492,7 +493,10 @@ class Store:
                 [time.time(), document_id],
             )
             self._move(document_id, state, output=output, error=errors, cleaned=0)
-            self.db.execute("UPDATE pages SET sealed = 1 WHERE document_id = ?", [document_id])
+            self.db.execute(  # a file that could not be read at all is in no PDF
+                "UPDATE pages SET sealed = 1 WHERE document_id = ? AND kind != 'bad'",
+                [document_id],
+            )
         return True
 
     def mark_waiting(self, document_id: int, reason: str) -> None:

@@ -144,7 +144,7 @@ def test_a_page_added_while_publishing_reopens_the_document(tmp_path, monkeypatc
     real = Finalizer._write
 
     def add_meanwhile(self, document, pages, dest):
-        real(self, document, pages, dest)
+        written = real(self, document, pages, dest)
         late = page_image(folder / "zz-new.png")  # intake takes it while the PDF is written
         digest = hashlib.sha256(late.read_bytes()).hexdigest()
         anyio.from_thread.run_sync(
@@ -158,6 +158,7 @@ def test_a_page_added_while_publishing_reopens_the_document(tmp_path, monkeypatc
                 content_hash=digest,
             )
         )
+        return written
 
     monkeypatch.setattr(Finalizer, "_write", add_meanwhile)
     anyio.run(finalizer.publish, store.documents_to_publish(time.time())[0])
@@ -172,7 +173,7 @@ def test_a_page_replaced_while_publishing_never_gets_the_old_text(tmp_path, monk
 
     def replace_first(self, document, pages, dest):
         page_image(folder / "p1.png", seed="new scan")
-        real(self, document, pages, dest)
+        return real(self, document, pages, dest)
 
     monkeypatch.setattr(Finalizer, "_write", replace_first)
     anyio.run(finalizer.publish, store.documents_to_publish(time.time())[0])
