@@ -60,11 +60,7 @@ def document_pages(settings: Settings, path: str) -> list[dict[str, Any]]:
     from .intake import natural_key
 
     rel = known_document(settings, path)
-    store = Store.open_readonly(settings.database)
-    try:
-        rows = list(store.db.query("SELECT * FROM page_status WHERE document = ?", [rel]))
-    finally:
-        store.close()
+    rows = _query(settings, "SELECT * FROM page_status WHERE document = ?", [rel])
     return sorted(rows, key=lambda r: (natural_key(r["file"]), r["page"]))
 
 
@@ -80,12 +76,7 @@ def known_document(settings: Settings, path: str) -> str:
         NotFoundError: no such document.
     """
     rel = _relative(settings, path)
-    store = Store.open_readonly(settings.database)
-    try:
-        found = list(store.db.query("SELECT 1 FROM documents WHERE path = ? LIMIT 1", [rel]))
-    finally:
-        store.close()
-    if not found:
+    if not _query(settings, "SELECT 1 FROM documents WHERE path = ? LIMIT 1", [rel]):
         raise NotFoundError(f"no document {path!r} in {settings.database}")
     return rel
 
@@ -113,3 +104,12 @@ def _cell(value: Any) -> str:
         return "-"
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _query(settings: Settings, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    """Rows of one query on the state database, opened read-only."""
+    store = Store.open_readonly(settings.database)
+    try:
+        return list(store.db.query(sql, params))
+    finally:
+        store.close()
