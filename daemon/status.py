@@ -24,8 +24,9 @@ def status_rows(settings: Settings) -> list[dict[str, Any]]:
 
     ETA: the pages still waiting in this document and in those read before it
     (complete documents first, then the oldest), divided by the pages per second the
-    daemon read over the last 5 minutes (:meth:`Store.pages_per_second`: preparing
-    and queueing included); before 10 pages were read in that window, by the mean
+    daemon read lately (its last 20 pages within 5 minutes,
+    :meth:`Store.pages_per_second`: preparing and queueing included); before 10 pages
+    were read in that window, by the mean
     worker seconds per page spread over the devices. ``None`` when nothing waits or
     nothing has been timed yet.
 

@@ -766,23 +766,25 @@ class Store:
         )
         return row["s"]
 
-    def pages_per_second(self, window: float = 300.0) -> float | None:
-        """Pages read per second over the last ``window`` seconds, the whole pipeline
-        (preparing, queueing and every device), from the pages' finishing times.
+    def pages_per_second(self, window: float = 300.0, pages: int = 20) -> float | None:
+        """Pages read per second lately: over the last ``pages`` pages read within the
+        last ``window`` seconds, the whole pipeline (preparing, queueing, every
+        device), from the pages' finishing times.
 
         Returns:
             ``None`` when fewer than 10 pages finished in the window.
         """
-        row = next(
-            self.db.query(
-                "SELECT COUNT(*) AS n, MIN(finished_at) AS first, MAX(finished_at) AS last "
-                "FROM pages WHERE state = 'done' AND seconds IS NOT NULL AND finished_at >= ?",
-                [time.time() - window],
+        times = [
+            row["finished_at"]
+            for row in self.db.query(
+                "SELECT finished_at FROM pages WHERE state = 'done' AND seconds IS NOT NULL "
+                "AND finished_at >= ? ORDER BY finished_at DESC LIMIT ?",
+                [time.time() - window, pages],
             )
-        )
-        if row["n"] < 10 or row["last"] <= row["first"]:
+        ]
+        if len(times) < 10 or times[0] <= times[-1]:
             return None
-        return (row["n"] - 1) / (row["last"] - row["first"])
+        return (len(times) - 1) / (times[0] - times[-1])
 
 
 def _document(row: dict[str, Any]) -> Document:
