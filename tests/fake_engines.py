@@ -43,7 +43,9 @@ def _record(kind: str, **data) -> None:
     if folder:
         path = Path(folder) / f"{kind}-{os.getpid()}-{uuid.uuid4().hex}.json"
         record = {"kind": kind, "pid": os.getpid(), "at": time.time(), **data}
-        path.write_text(json.dumps(record))
+        tmp = path.with_suffix(".tmp")  # readers glob *.json: never see half a record
+        tmp.write_text(json.dumps(record))
+        tmp.rename(path)
 
 
 class ScriptedEngine:
