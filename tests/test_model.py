@@ -30,14 +30,16 @@ whole. At the end of each example the test stops changing things and waits (at m
   present at the end, at its current version, and no other version of them (it may
   hold files deleted since: deleting a page does not re-open a published document),
   and the unreadable ones are named in the error; or the document is ``waiting`` or
-  ``failed`` with a reason; no page is left to read;
+  ``failed`` with a reason; no page is left to read, no document left ``complete`` or
+  ``publishing``;
 - the inbox holds only what the test put there, with the bytes it wrote, less what
   the daemon may remove: a failed document's files (found, bytes equal, in the failed
   folder), and under ``delete`` files whose bytes are in a PDF it published (seen by
   the watcher); a file whose bytes were never published is never deleted, and bytes
   that were published and then deleted from the inbox are still in some PDF at the end;
 - nothing outside the configured folders was read, written, moved or deleted: the
-  victim folder's names, bytes, mtimes and atimes are unchanged, ``victim_out`` is empty;
+  victim folder's names, bytes, mtimes and atimes are unchanged, ``victim_out`` is empty,
+  every link the test made (in the inbox, planted elsewhere) is still there, unchanged;
 - the daemon exits 0 on SIGTERM and leaves no ``.scanhopper-*.part`` file in the outbox
   or the failed folder.
 
@@ -950,6 +952,16 @@ class ScanhopperMachine(RuleBasedStateMachine):
                 problems.append(f"{path}: {doc['busy']} page(s) still to read")
         wanted = {f: files for f, files in self.folders.items()}
         wanted |= {name: {name: vid} for name, vid in self.loose.items()}
+        for path, doc in docs.items():
+            if not wanted.get(path) and doc["state"] in ("complete", "publishing"):
+                where = (
+                    "a link"
+                    if path in self.swapped
+                    else "empty"
+                    if path in wanted
+                    else "not in the inbox"
+                )
+                problems.append(f"{path}: still {doc['state']}, its folder {where}")
         for path, files in sorted(wanted.items()):
             loose = path in self.loose
             doc = docs.get(path)
@@ -1077,6 +1089,9 @@ class ScanhopperMachine(RuleBasedStateMachine):
         expected = {f"{f}/{n}" for f, files in self.folders.items() for n in files}
         expected |= set(self.loose)
         links = {f"{f}/{n}" if f else n for f, names in self.links.items() for n in names}
+        for rel in sorted(links | self.swapped):
+            if not (self.inbox / rel).is_symlink():
+                problems.append(f"inbox: the link {rel} the test made is gone")
         for top, dirs, names in os.walk(self.inbox):
             for name in dirs + names:
                 path = Path(top, name)
@@ -1179,14 +1194,22 @@ MACHINE_SETTINGS = settings(
 )
 
 
+def _interrupt(signum, frame):
+    """SIGTERM as Ctrl-C: the example's teardown still stops its daemon and unmounts,
+    and the figures are printed."""
+    raise KeyboardInterrupt
+
+
 @pytest.mark.parametrize("policy", ["keep", "delete"])
 def test_model_machine(policy):
     started = time.monotonic()
     machine = type(f"{policy.title()}Machine", (ScanhopperMachine,), {"POLICY": policy})
     STATS.clear()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `timeout` ends a long run
     try:
         run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         print(
             f"\nmodel test ({policy}): {time.monotonic() - started:.0f} s, "
             + ", ".join(f"{k}: {v}" for k, v in sorted(STATS.items())),
