@@ -2,15 +2,20 @@
 
 scanhopper is the real daemon, started as a user starts it (``python -m daemon -c
 FILE run``) on its built-in defaults, the config file naming only its folders (in a
-temp dir; ``SCANHOPPER_*`` variables are dropped). Each round starts a fresh daemon
-(fresh state, so no page's OCR is reused from an earlier round), waits for
-``daemon_ready`` and publishes a one-page warm-up PDF, so model loading is not timed.
-A timing is then from renaming the PDF into the inbox to its searchable PDF appearing
-in the outbox: it includes the intake's wait for a stable file
-(``intake.stable_seconds``, printed in the header). The peer is ``ocrmypdf
---force-ocr -j N -l LANG --output-type pdf IN OUT`` with N = ``os.cpu_count()``, the
-CPU budget of scanhopper's defaults (one worker x ``ocr.cpu_threads``), timed from
-start to exit; a warm-up run per language comes first.
+temp dir; ``SCANHOPPER_*`` variables are dropped). With ``--before`` a second daemon,
+``scanhopper-before``, runs too, on scanhopper's previous defaults: its config file
+adds ``ocr.engine = "onnxruntime"``, ``det_limit_side_len = 64``, ``det_limit_type =
+"min"`` (PaddleX's own), ``cpu_threads = 2`` and ``workers.devices = ["cpu"]``. Each
+round starts fresh daemons (fresh state, so no page's OCR is reused from an earlier
+round), waits for ``daemon_ready`` and publishes a one-page warm-up PDF to each, so
+model loading is not timed. A timing is then from renaming the PDF into the inbox to
+its searchable PDF appearing in the outbox: it includes the intake's wait for a stable
+file (``intake.stable_seconds``). The peer, ``tesseract``, is ``ocrmypdf --force-ocr -j
+N -l LANG --output-type pdf IN OUT`` with N = ``daemon.config.available_cores()``, the
+CPU budget of scanhopper's defaults (``workers.devices = "auto"`` shares those cores
+among its CPU workers), timed from start to exit; a warm-up run per language comes
+first. The header gives each scanhopper's resolved settings (``Settings``: workers,
+``ocr.cpu_threads``, engine, detection resize) and OCRmyPDF's command.
 
 Sets: ``groundtruth`` are the pages of :mod:`bench.groundtruth` (one PDF per language;
 their text is known) and ``corpus`` the scans
@@ -18,28 +23,31 @@ their text is known) and ``corpus`` the scans
 only; Tesseract reads them as ``eng``, ``francais.pdf`` as ``fra``).
 
 Prints, per set and in total: pages; seconds (median of ``--rounds`` runs; within a
-round the tools alternate which goes first, set by set, and the order flips each round,
-so drift hits both) and pages/s of each tool; the speed ratio scanhopper/Tesseract
-(pages/s over pages/s: above 1, scanhopper is faster); the output file size of each
-(not like for like: scanhopper keeps the scan's own JPEG bytes, while OCRmyPDF's
+round the tools' order is reversed from set to set, and flips each round, so drift
+hits all) and pages/s of each tool; the speed ratio ``scanhopper/tesseract`` and, with
+``--before``, ``scanhopper/scanhopper-before`` (pages/s over pages/s: above 1,
+scanhopper is faster); the output file size of each (not like for like against
+Tesseract: scanhopper keeps the scan's own JPEG bytes, while OCRmyPDF's
 ``--force-ocr`` output holds each page rasterised again and re-encoded, grey JPEGs
 becoming RGB).
-For the ground-truth sets, character and word error rates (``jiwer.cer``, ``jiwer.wer``
-over the set's pages) of each tool's text layer (``page.get_text()`` of each output
-page, whitespace runs made one space; for Chinese all whitespace removed and CER only)
-against the known text; the ``NFKC`` columns also fold compatibility forms on both
-sides, since Tesseract writes ``,`` ``:`` ``;`` where Chinese text has the full-width
-forms (U+FF0C, U+FF1A, U+FF1B): on one page of the Chinese set that alone was about 9
-points of its CER. Then the peak RSS (``VmHWM``) of scanhopper's OCR worker and
-of the largest ``tesseract`` process (its process tree polled every 0.1 s), the largest
-over all rounds.
+For the ground-truth sets, a column group per tool: character and word error rates
+(``jiwer.cer``, ``jiwer.wer`` over the set's pages) of its text layer
+(``page.get_text()`` of each output page, whitespace runs made one space; for Chinese
+all whitespace removed and CER only) against the known text; the ``NFKC`` columns also
+fold compatibility forms on both sides, since Tesseract writes ``,`` ``:`` ``;`` where
+Chinese text has the full-width forms (U+FF0C, U+FF1A, U+FF1B): on one page of the
+Chinese set that alone was about 9 points of its CER. Then a peak RSS (``VmHWM``) line
+per tool, the largest over all rounds: for a scanhopper, of its largest OCR worker (all
+the daemon's children, sampled every 0.2 s while it publishes, so a worker recycled
+mid-round counts, and at the round's end); for Tesseract, of the largest
+``tesseract`` process (its process tree polled every 0.1 s).
 
 Needs ``pip install 'scanhopper[bench]'`` and Tesseract with its language data
 (``apt-get install tesseract-ocr tesseract-ocr-fra tesseract-ocr-chi-sim``); when
 something is missing it says what to install and exits with status 2.
 
 Usage, from the repository root:
-``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick]``
+``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick] [--before]``
 (``--quick``: one round on the English ground-truth set, a smoke test).
 """
 
@@ -57,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,11 +76,25 @@ import pymupdf
 
 from bench.daemon import CORPUS, children, peak_rss_mb, wait_for
 from bench.groundtruth import generate
+from daemon.config import available_cores
 
 __all__ = ["ExitCode", "main", "run"]
 
 CORPUS_FILES = ["multipage", "ccitt", "jbig2", "skew", "francais", "cardinal"]
 """Corpus PDFs (``pdf/<name>.pdf``) timed in the ``corpus`` set."""
+
+SCANHOPPER, TESSERACT, BEFORE = "scanhopper", "tesseract", "scanhopper-before"
+
+_CONFIGS = {
+    SCANHOPPER: "",
+    BEFORE: (
+        '[ocr]\nengine = "onnxruntime"\ndet_limit_side_len = 64\ndet_limit_type = "min"\n'
+        'cpu_threads = 2\n[workers]\ndevices = ["cpu"]\n'
+    ),
+}
+"""What each scanhopper run's config file holds besides its folders: nothing (the
+built-in defaults), and for ``--before`` the defaults before OpenVINO, the detection
+resize to 1280 pixels and ``workers.devices = "auto"``."""
 
 _DEBIAN_LANGUAGE = {"eng": "tesseract-ocr-eng", "fra": "tesseract-ocr-fra"}
 _DEBIAN_LANGUAGE["chi_sim"] = "tesseract-ocr-chi-sim"
@@ -166,10 +189,13 @@ def _make_warmup(path: Path) -> None:
 
 
 class _Daemon:
-    """The scanhopper daemon on its built-in defaults, folders under ``home``."""
+    """The scanhopper daemon, folders under ``home``; ``config`` is what its config file
+    holds besides the folders (TOML; empty: the built-in defaults)."""
 
-    def __init__(self, home: Path, warmup: Path) -> None:
+    def __init__(self, home: Path, warmup: Path, config: str = "") -> None:
         self.home = home
+        self.worker_mb = 0.0
+        """The largest peak RSS (MB) seen so far in any of its OCR workers."""
         self.inbox, self.outbox = home / "inbox", home / "outbox"
         self.state = home / "state"
         self.inbox.mkdir(parents=True)
@@ -180,16 +206,16 @@ class _Daemon:
             "failed": str(home / "failed"),
             "state": str(self.state),
         }
-        config = home / "scanhopper.toml"
+        config_file = home / "scanhopper.toml"
         # JSON strings and arrays of plain paths are TOML too.
-        config.write_text(
-            "[folders]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in folders.items())
+        config_file.write_text(
+            "[folders]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in folders.items()) + config
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANHOPPER_")}
         self.log_path = home / "daemon.log"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "-c", str(config), "run"],
+            [sys.executable, "-m", "daemon", "-c", str(config_file), "run"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -215,9 +241,19 @@ class _Daemon:
         part = self.inbox / f".{name}.pdf.part"  # ignored until renamed
         shutil.copyfile(pdf, part)
         published = self.outbox / f"{name}.pdf"
+        sampled = 0.0
+
+        def is_published() -> bool:
+            nonlocal sampled
+            self._alive()
+            if time.monotonic() - sampled >= 0.2:  # a worker recycled meanwhile counts too
+                self.sample_workers()
+                sampled = time.monotonic()
+            return published.exists()
+
         started = time.perf_counter()
         part.rename(self.inbox / f"{name}.pdf")
-        wait_for(lambda: self._alive() and published.exists(), timeout, f"{name} published")
+        wait_for(is_published, timeout, f"{name} published")
         seconds = time.perf_counter() - started
         with sqlite3.connect(f"file:{self.state / 'state.db'}?mode=ro", uri=True) as conn:
             row = conn.execute(
@@ -229,24 +265,39 @@ class _Daemon:
     def _log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def _fold_peaks(self, pids: Sequence[int]) -> None:
+        for pid in pids:
+            try:
+                self.worker_mb = max(self.worker_mb, peak_rss_mb(pid))
+            except OSError:
+                pass  # it ended between the listing and the read
+
+    def sample_workers(self) -> None:
+        """Fold the peak RSS of the daemon's children (its OCR workers) into
+        ``worker_mb``."""
+        try:
+            self._fold_peaks(children(self.process.pid))
+        except OSError:
+            pass  # the daemon ended; _alive says so
+
     def worker_peak_mb(self) -> float:
-        """Peak RSS of the OCR worker (the last one ``worker_ready`` named, else the
-        daemon's children), in MB."""
+        """The largest peak RSS (MB) of its OCR workers: those sampled during each
+        publish, and those ``worker_ready`` or ``worker_recycled`` named that are still
+        alive."""
         pids = []
         for line in self._log_text().splitlines():
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(event, dict) and event.get("event") == "worker_ready":
-                pids = [event.get("pid")]
-        peaks = []
-        for pid in pids if pids and pids[0] else children(self.process.pid):
-            try:
-                peaks.append(peak_rss_mb(pid))
-            except OSError:
-                pass
-        return max(peaks, default=0.0)
+            if isinstance(event, dict) and event.get("event") in (
+                "worker_ready",
+                "worker_recycled",
+            ):
+                pids.append(event.get("pid"))
+        self._fold_peaks([pid for pid in pids if isinstance(pid, int)])
+        self.sample_workers()
+        return self.worker_mb
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -264,7 +315,7 @@ def _ocrmypdf(pdf: Path, out: Path, language: str, log: Path) -> tuple[float, fl
     and an error when it failed."""
     import psutil
 
-    command = [sys.executable, "-m", "ocrmypdf", "--force-ocr", "-j", str(os.cpu_count())]
+    command = [sys.executable, "-m", "ocrmypdf", "--force-ocr", "-j", str(available_cores())]
     command += ["-l", language, "--output-type", "pdf", str(pdf), str(out)]
     peak = 0.0
     with log.open("a") as stream:
@@ -353,91 +404,74 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    """Pages/s of ``ours`` over pages/s of ``theirs``, from their seconds."""
+    return f"{theirs / ours:.2f}" if ours and theirs else "-"
+
+
 def _report(
     sets: list[_Set],
+    tools: list[str],
     results: dict[tuple[str, str], _Result],
-    worker_mb: float,
-    tesseract_mb: float,
+    peak_mb: dict[str, float],
 ) -> None:
+    ratios = [(SCANHOPPER, other) for other in (TESSERACT, BEFORE) if other in tools]
     speed = [
         [
             "set",
             "pages",
-            "scanhopper s",
-            "tesseract s",
-            "scanhopper p/s",
-            "tesseract p/s",
-            "speed ratio",
-            "scanhopper kB",
-            "tesseract kB",
+            *(f"{t} s" for t in tools),
+            *(f"{t} p/s" for t in tools),
+            *(f"{ours}/{theirs}" for ours, theirs in ratios),
+            *(f"{t} kB" for t in tools),
         ]
     ]
-    total_pages, total = 0, {"scanhopper": 0.0, "tesseract": 0.0}
+    total_pages, total = 0, dict.fromkeys(tools, 0.0)
     complete = True
     for s in sets:
-        ours, theirs = results[s.name, "scanhopper"], results[s.name, "tesseract"]
-        ratio = f"{theirs.median / ours.median:.2f}" if ours.median and theirs.median else "-"
+        medians = {t: results[s.name, t].median for t in tools}
         speed.append(
             [
                 s.name,
                 str(s.pages),
-                _seconds(ours.median),
-                _seconds(theirs.median),
-                _rate(s.pages, ours.median),
-                _rate(s.pages, theirs.median),
-                ratio,
-                _size(ours),
-                _size(theirs),
+                *(_seconds(medians[t]) for t in tools),
+                *(_rate(s.pages, medians[t]) for t in tools),
+                *(_ratio(medians[ours], medians[theirs]) for ours, theirs in ratios),
+                *(_size(results[s.name, t]) for t in tools),
             ]
         )
         total_pages += s.pages
-        complete = complete and ours.median is not None and theirs.median is not None
-        total["scanhopper"] += ours.median or 0.0
-        total["tesseract"] += theirs.median or 0.0
+        complete = complete and all(m is not None for m in medians.values())
+        for t in tools:
+            total[t] += medians[t] or 0.0
     if len(sets) > 1:
-        ours_s, theirs_s = total["scanhopper"], total["tesseract"]
         speed.append(
             [
                 "total" if complete else "total (failed sets left out)",
                 str(total_pages),
-                f"{ours_s:.2f}",
-                f"{theirs_s:.2f}",
-                _rate(total_pages, ours_s),
-                _rate(total_pages, theirs_s),
-                f"{theirs_s / ours_s:.2f}" if ours_s and theirs_s else "-",
-                "",
-                "",
+                *(f"{total[t]:.2f}" for t in tools),
+                *(_rate(total_pages, total[t]) for t in tools),
+                *(_ratio(total[ours], total[theirs]) for ours, theirs in ratios),
+                *("" for _ in tools),
             ]
         )
     print(_table(speed))
     truth_sets = [s for s in sets if s.truths is not None]
     if truth_sets:
-        accuracy = [
-            [
-                "set",
-                "scanhopper CER",
-                "tesseract CER",
-                "scanhopper CER NFKC",
-                "tesseract CER NFKC",
-                "scanhopper WER",
-                "tesseract WER",
-            ]
-        ]
+        accuracy = [["set", *(f"{t} {m}" for t in tools for m in ("CER", "CER NFKC", "WER"))]]
         for s in truth_sets:
-            ours = _error_rates(s, results[s.name, "scanhopper"])
-            theirs = _error_rates(s, results[s.name, "tesseract"])
-            accuracy.append([s.name, *(x for pair in zip(ours, theirs, strict=True) for x in pair)])
+            rates = [x for t in tools for x in _error_rates(s, results[s.name, t])]
+            accuracy.append([s.name, *rates])
         print()
         print(_table(accuracy))
     print()
-    print(
-        f"peak RSS: scanhopper OCR worker {worker_mb:.0f} MB; "
-        f"largest tesseract process {tesseract_mb:.0f} MB"
-    )
+    for t in tools:
+        what = "largest tesseract process" if t == TESSERACT else "largest OCR worker"
+        print(f"peak RSS, {t}: {peak_mb[t]:.0f} MB ({what})")
     for s in sets:
-        for tool in ("scanhopper", "tesseract"):
-            if results[s.name, tool].error:
-                print(f"{s.name}, {tool}: {results[s.name, tool].error}")
+        for t in tools:
+            if results[s.name, t].error:
+                print(f"{s.name}, {t}: {results[s.name, t].error}")
 
 
 def run(args: Sequence[str] | None = None) -> ExitCode:
@@ -456,6 +490,11 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     )
     parser.add_argument(
         "--quick", action="store_true", help="one round on one ground-truth set (smoke test)"
+    )
+    parser.add_argument(
+        "--before",
+        action="store_true",
+        help=f"also run {BEFORE}: scanhopper on its previous defaults",
     )
     options = parser.parse_args(args)
     names = [n.strip() for n in options.sets.split(",") if n.strip()]
@@ -479,20 +518,27 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     from daemon import __version__
     from daemon.config import Settings
 
-    defaults = Settings()
+    tools = [SCANHOPPER, TESSERACT] + ([BEFORE] if options.before else [])
+    configs = {t: _CONFIGS[t] for t in tools if t in _CONFIGS}
+    for tool, config in configs.items():
+        settings = Settings.model_validate(tomllib.loads(config))
+        print(
+            f"{tool} ({__version__}, "
+            f"{'its previous defaults' if config else 'its defaults'}): workers "
+            f"{settings.workers.devices} x {settings.ocr.cpu_threads} threads, engine "
+            f"{settings.ocr.engine}, det_limit_side_len {settings.ocr.det_limit_side_len} "
+            f"({settings.ocr.det_limit_type}), intake.stable_seconds "
+            f"{settings.intake.stable_seconds:g} (inside each of its timings)"
+        )
     tesseract_version = subprocess.run(
         ["tesseract", "--version"], capture_output=True, text=True, check=False
     ).stdout.split("\n", 1)[0]
+    cores = available_cores()
     print(
-        f"scanhopper {__version__} on its defaults: workers {defaults.workers.devices} x "
-        f"{defaults.ocr.cpu_threads} threads, intake.stable_seconds "
-        f"{defaults.intake.stable_seconds:g} (inside each scanhopper timing)"
+        f"{TESSERACT}: ocrmypdf {ocrmypdf.__version__} with "
+        f"{tesseract_version}: --force-ocr -j {cores} --output-type pdf"
     )
-    print(
-        f"ocrmypdf {ocrmypdf.__version__} with "
-        f"{tesseract_version}: --force-ocr -j {os.cpu_count()} --output-type pdf"
-    )
-    print(f"{os.cpu_count()} cores; median of {options.rounds} round(s); work files in {work}")
+    print(f"{cores} usable cores; median of {options.rounds} round(s); work files in {work}")
     print()
 
     warmup = work / "warmup.pdf"
@@ -501,35 +547,37 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     for language in sorted({s.tesseract for s in sets}):
         _ocrmypdf(warmup, work / f"warmup-{language}.pdf", language, tesseract_log)
 
-    results = {(s.name, t): _Result() for s in sets for t in ("scanhopper", "tesseract")}
-    worker_mb = tesseract_mb = 0.0
+    results = {(s.name, t): _Result() for s in sets for t in tools}
+    peak_mb = dict.fromkeys(tools, 0.0)
     for round_ in range(options.rounds):
         home = work / f"round-{round_ + 1}"
-        daemon = _Daemon(home / "scanhopper", warmup)
+        daemons: dict[str, _Daemon] = {}
         try:
+            for tool, config in configs.items():
+                daemons[tool] = _Daemon(home / tool, warmup, config)
             for index, s in enumerate(sets):
-                tools = ["scanhopper", "tesseract"]
-                if (index + round_) % 2:
-                    tools.reverse()
-                for tool in tools:
+                for tool in tools[:: -1 if (index + round_) % 2 else 1]:
                     result = results[s.name, tool]
                     if result.error:
                         continue
-                    if tool == "scanhopper":
+                    if tool in daemons:
+                        daemon = daemons[tool]
                         seconds, error = daemon.publish(s.pdf, s.name, timeout=300 + 300 * s.pages)
                         output = daemon.outbox / f"{s.name}.pdf"
                     else:
-                        output = home / "tesseract" / f"{s.name}.pdf"
+                        output = home / tool / f"{s.name}.pdf"
                         output.parent.mkdir(parents=True, exist_ok=True)
                         seconds, peak, error = _ocrmypdf(s.pdf, output, s.tesseract, tesseract_log)
-                        tesseract_mb = max(tesseract_mb, peak)
+                        peak_mb[tool] = max(peak_mb[tool], peak)
                     result.seconds.append(seconds)
                     result.output, result.error = output, error
-            worker_mb = max(worker_mb, daemon.worker_peak_mb())
+            for tool, daemon in daemons.items():
+                peak_mb[tool] = max(peak_mb[tool], daemon.worker_peak_mb())
         finally:
-            daemon.stop()
+            for daemon in daemons.values():
+                daemon.stop()
 
-    _report(sets, results, worker_mb, tesseract_mb)
+    _report(sets, tools, results, peak_mb)
     failed = any(r.error for r in results.values())
     return ExitCode.failed if failed else ExitCode.ok
 
