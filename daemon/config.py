@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 _DEVICE = re.compile(r"^(cpu|(gpu|npu|xpu):\d+)$")
-_ENGINES = ("onnxruntime", "paddle")
+_ENGINES = ("openvino", "onnxruntime", "paddle")
 
 
 class ConfigError(ScanhopperError):
@@ -55,7 +56,8 @@ def _check_device(value: str) -> str:
 def _check_engine(value: str) -> str:
     if value not in _ENGINES and not re.match(r"^[\w.]+:\w+$", value):
         raise ValueError(
-            f"engine {value!r} is not 'onnxruntime', 'paddle' or a 'module:Class' plugin"
+            f"engine {value!r} is not 'openvino', 'onnxruntime', 'paddle' "
+            "or a 'module:Class' plugin"
         )
     return value
 
@@ -187,9 +189,11 @@ class IntakeSettings(_Strict):
 class OcrSettings(_Strict):
     """What the OCR engine runs and how (PaddleOCR 3.x pipeline arguments)."""
 
-    engine: Annotated[str, AfterValidator(_check_engine)] = "onnxruntime"
-    """``onnxruntime`` (CPU, or GPU with onnxruntime-gpu), ``paddle`` (Paddle Inference,
-    for gpu/npu/xpu devices), or ``module:Class`` naming an engine plugin class."""
+    engine: Annotated[str, AfterValidator(_check_engine)] = "openvino"
+    """``openvino`` (the CPU, fastest there: PaddleX's pipeline with OpenVINO running
+    the ONNX models), ``onnxruntime`` (CPU, or GPU with onnxruntime-gpu), ``paddle``
+    (Paddle Inference, for gpu/npu/xpu devices), or ``module:Class`` naming an engine
+    plugin class."""
     det_model: str = DEFAULT_DET_MODEL
     """PaddleX name of the text detection model."""
     det_model_dir: Path | None = None
@@ -211,16 +215,17 @@ class OcrSettings(_Strict):
     pages in upside down); ``0`` turns the check off. See ``engine.read_page``."""
     rec_batch_size: int = Field(8, ge=1, le=256)
     """Text lines recognised per batch."""
-    det_limit_side_len: int | None = Field(None, ge=32, le=8192)
+    det_limit_side_len: int = Field(1280, ge=32, le=8192)
     """Side length, in pixels, to which text detection resizes the page (see
-    ``det_limit_type``); ``None`` keeps the model's default (PP-OCRv6: shortest side at
-    least 64, longest at most 4000, i.e. nearly full resolution). ``960`` with ``max``
-    is several times faster on large pages, at some cost on small print."""
-    det_limit_type: Literal["min", "max"] | None = None
+    ``det_limit_type``). ``64`` with ``min`` is PaddleX's own default: nearly full
+    resolution (at most 4000 pixels a side), several times slower on a 300 dpi page and
+    no more accurate (README.md, "Accuracy")."""
+    det_limit_type: Literal["min", "max"] = "max"
     """``max``: the longest side is scaled down to ``det_limit_side_len``; ``min``: the
-    shortest side is scaled up to it; ``None``: the model's default."""
-    cpu_threads: int = Field(2, ge=1, le=256)
-    """Threads each CPU worker may use for inference."""
+    shortest side is scaled up to it."""
+    cpu_threads: int = Field(ge=1, le=256)
+    """Threads each CPU worker may use for inference. Unset: the machine's usable cores
+    shared evenly among the CPU workers (:func:`available_cores`)."""
 
 
 class OutputSettings(_Strict):
@@ -245,8 +250,10 @@ class OutputSettings(_Strict):
 class WorkerSettings(_Strict):
     """The OCR worker processes: one per device slot."""
 
-    devices: list[Device] = Field(default_factory=lambda: ["cpu"], min_length=1)
-    """One worker per entry; repeat ``cpu`` for several CPU workers."""
+    devices: list[Device] = Field(min_length=1)
+    """One worker per entry; repeat ``cpu`` for several CPU workers. ``"auto"`` (the
+    default): as many CPU workers as :func:`auto_cpu_workers` gives for the usable
+    cores. Accelerators are always listed explicitly."""
     page_timeout: float = Field(300.0, gt=0)
     """Seconds one page may take before its worker is killed and restarted."""
     start_timeout: float = Field(180.0, gt=0)
@@ -261,6 +268,13 @@ class WorkerSettings(_Strict):
     waiting, beyond the one the slot is reading."""
     max_attempts: int = Field(3, ge=1, le=20)
     """Times a page is tried when its worker crashes or times out, before it fails."""
+    recycle_rss_mb: int = Field(1024, ge=0)
+    """A worker still holding more than this many MiB of resident memory after a page
+    (freed heap given back first) is restarted once the page's result is delivered, so
+    an idle worker never keeps what one huge page needed; ``0``: never."""
+    recycle_pages: int = Field(0, ge=0)
+    """A worker is restarted after this many pages, its last page's result delivered
+    first; ``0``: never."""
 
 
 class Settings(_Strict):
@@ -270,12 +284,29 @@ class Settings(_Strict):
     """Inbox roots, outbox, archive, failed and state folders."""
     intake: IntakeSettings = Field(default_factory=IntakeSettings)
     """Watching and completion."""
-    ocr: OcrSettings = Field(default_factory=OcrSettings)
-    """The OCR engine."""
-    workers: WorkerSettings = Field(default_factory=WorkerSettings)
-    """The OCR worker processes."""
+    ocr: OcrSettings
+    """The OCR engine (always given: see :meth:`_split_the_cores`)."""
+    workers: WorkerSettings
+    """The OCR worker processes (always given: see :meth:`_split_the_cores`)."""
     output: OutputSettings = Field(default_factory=OutputSettings)
     """Page reading and PDF writing."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_the_cores(cls, data: Any) -> Any:
+        """Resolve ``workers.devices = "auto"`` (or unset) and an unset
+        ``ocr.cpu_threads`` from the usable cores, before validation."""
+        if not isinstance(data, dict):
+            return data
+        workers = dict(data.get("workers") or {})
+        ocr = dict(data.get("ocr") or {})
+        cores = available_cores()
+        if workers.get("devices", "auto") == "auto":
+            workers["devices"] = ["cpu"] * auto_cpu_workers(cores)
+        if ocr.get("cpu_threads") is None:
+            cpu_slots = sum(device == "cpu" for device in workers["devices"])
+            ocr["cpu_threads"] = max(1, cores // max(cpu_slots, 1))
+        return {**data, "workers": workers, "ocr": ocr}
 
     @property
     def models_dir(self) -> Path:
@@ -291,6 +322,30 @@ class Settings(_Strict):
     def database(self) -> Path:
         """The SQLite state database."""
         return self.folders.state / "state.db"
+
+
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPU cores this process may use: its CPU affinity (``taskset``, cpusets), capped
+    by a cgroup v2 CPU quota (``cpu_max``: ``"<quota> <period>"`` in microseconds, or
+    ``"max <period>"``; set by systemd's ``CPUQuota=`` and containers), rounded up, at
+    least 1."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    if quota == "max":
+        return cores
+    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def auto_cpu_workers(cores: int) -> int:
+    """CPU workers for ``workers.devices = "auto"`` on ``cores`` usable cores.
+
+    The rule and the ``bench.engine`` figures it rests on are in README.md ("How many
+    workers").
+    """
+    return max(1, cores // 2)
 
 
 ENV_PREFIX = "SCANHOPPER_"

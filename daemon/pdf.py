@@ -7,8 +7,6 @@ space (origin top-left of the unrotated page, y downwards).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import functools
 import io
@@ -34,6 +32,7 @@ from .engine import OcrResult, TextLine
 from .engine import image_dpi as file_dpi
 from .files import SourceChangedError, UnsafePathError, open_source, temp_path_for
 from .layout import lines_in_reading_order
+from .memory import trim_heap
 
 __all__ = [
     "EncryptedPdfError",
@@ -59,10 +58,6 @@ _FONT = pymupdf.Font("cjk")
 # 5, 7) have no rotation equivalent and are re-encoded upright instead.
 _EXIF_ROTATION = {1: 0, 3: 180, 6: 270, 8: 90}
 
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
-if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):  # not glibc (musl)
-    _LIBC = None
 
 _PROC_FD = re.compile(r"/proc/self/fd/\d+")
 _NOT_THE_CONTENT = (SourceChangedError, UnsafePathError, FileNotFoundError)
@@ -168,8 +163,7 @@ def release_cache() -> None:
     anyio's worker threads otherwise left each arena at its high-water mark).
     """
     pymupdf.TOOLS.store_shrink(100)
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim_heap()
 
 
 def expand_pages(

@@ -37,8 +37,9 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .config import Settings
-from .engine import OcrResult
+from .engine import OcrEngine, OcrResult
 from .errors import ExitCode, ScanhopperError
+from .memory import resident_bytes, trim_heap
 
 __all__ = [
     "DeviceSlot",
@@ -209,6 +210,8 @@ class _Worker:
     process: Process
     replies: BufferedByteReceiveStream
     tmpdir: Path
+    recycling: str | None = None
+    """Why the worker stops by itself after its last reply (``workers.recycle_*``)."""
 
     async def receive(self) -> dict[str, Any]:
         """Next message from the worker.
@@ -417,7 +420,8 @@ class WorkerPool:
             job.finish(result, None)
         else:
             job.finish(None, PageFailedError(str(reply.get("error", reply)), "error"))
-        return True
+        worker.recycling = reply.get("recycle")
+        return worker.recycling is None
 
     async def _serve_slot(self, index: int, ready: anyio.Event) -> None:
         """Run one slot until the queue closes: start, feed and restart its worker.
@@ -457,9 +461,18 @@ class WorkerPool:
                     self._queues.release(index)
                 if usable:
                     continue
-                log.warning("worker_restart", device=worker.slot.name, pid=worker.process.pid)
                 self.pids[index] = None
-                await worker.stop(0)
+                if worker.recycling:
+                    log.info(
+                        "worker_recycled",
+                        device=worker.slot.name,
+                        pid=worker.process.pid,
+                        reason=worker.recycling,
+                    )
+                    await worker.stop(self.settings.workers.stop_grace)
+                else:
+                    log.warning("worker_restart", device=worker.slot.name, pid=worker.process.pid)
+                    await worker.stop(0)
                 worker = None
         except WorkerStartError as exc:
             self.fatal = exc
@@ -525,9 +538,41 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
         raise
 
 
+def _read_request(engine: OcrEngine, settings: Settings, request: dict[str, Any]) -> dict:
+    """Read the page a request names; the reply to send, a result or an error."""
+    from .engine import load_page_image, read_page
+
+    started = time.perf_counter()
+    try:
+        image = load_page_image(
+            Path(request["path"]), frame=request["frame"], default_dpi=settings.output.image_dpi
+        )
+        result = read_page(
+            engine, image, upside_down_confidence=settings.ocr.upside_down_confidence
+        )
+    except Exception as exc:  # reported per page; the worker goes on
+        return {"type": "error", "id": request["id"], "error": f"{type(exc).__name__}: {exc}"}
+    seconds = time.perf_counter() - started
+    return {"type": "result", "id": request["id"], "result": result.to_dict(), "seconds": seconds}
+
+
+def _recycle_reason(settings: Settings, pages: int) -> str | None:
+    """Why the worker should stop after its ``pages``-th page, or ``None``: too many
+    pages (``workers.recycle_pages``), or more than ``workers.recycle_rss_mb`` MiB
+    still resident once freed heap is given back."""
+    limits = settings.workers
+    if limits.recycle_pages and pages >= limits.recycle_pages:
+        return f"{pages} pages read"
+    trim_heap()
+    resident_mb = resident_bytes() / 2**20
+    if limits.recycle_rss_mb and resident_mb > limits.recycle_rss_mb:
+        return f"{resident_mb:.0f} MiB resident after a page"
+    return None
+
+
 def _worker_main(device: str, settings_json: str) -> int:
     """Body of a worker process: load the engine once, answer requests until EOF."""
-    from .engine import create_engine, limit_image_pixels, load_page_image, read_page
+    from .engine import create_engine, limit_image_pixels
 
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)  # whatever PaddleOCR prints goes to stderr, not into the protocol
@@ -552,25 +597,12 @@ def _worker_main(device: str, settings_json: str) -> int:
             "environment": {k: os.environ.get(k) for k in pinned},
         }
     )
-    for line in sys.stdin:
-        request = json.loads(line)
-        started = time.perf_counter()
-        try:
-            image = load_page_image(
-                Path(request["path"]),
-                frame=request["frame"],
-                default_dpi=settings.output.image_dpi,
-            )
-            result = read_page(
-                engine, image, upside_down_confidence=settings.ocr.upside_down_confidence
-            )
-        except Exception as exc:  # reported per page; the worker goes on
-            send({"type": "error", "id": request["id"], "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        seconds = time.perf_counter() - started
-        send(
-            {"type": "result", "id": request["id"], "result": result.to_dict(), "seconds": seconds}
-        )
+    for pages, line in enumerate(sys.stdin, start=1):
+        reply = _read_request(engine, settings, json.loads(line))
+        recycle = _recycle_reason(settings, pages)  # the page's pixels are freed by now
+        send({**reply, "recycle": recycle})
+        if recycle:
+            break
     return 0
 
 

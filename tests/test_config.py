@@ -4,14 +4,49 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import ConfigError, Settings, load_settings
+from daemon import config
+from daemon.config import ConfigError, Settings, available_cores, load_settings
 
 
-def test_defaults_run_on_one_cpu_worker_under_a_local_folder():
+def test_defaults_run_openvino_on_cpu_workers_under_a_local_folder():
     settings = load_settings(None)
-    assert settings.workers.devices == ["cpu"]
-    assert settings.ocr.engine == "onnxruntime"
+    cores = available_cores()
+    workers = config.auto_cpu_workers(cores)
+    assert settings.workers.devices == ["cpu"] * workers
+    assert settings.ocr.cpu_threads == max(1, cores // workers)
+    assert settings.ocr.engine == "openvino"
+    assert (settings.ocr.det_limit_side_len, settings.ocr.det_limit_type) == (1280, "max")
     assert str(settings.folders.state).startswith("scanhopper")
+
+
+@pytest.mark.parametrize(
+    ("cores", "devices", "threads"),
+    [(1, ["cpu"], 1), (2, ["cpu"], 2), (3, ["cpu"], 3), (16, ["cpu"] * 8, 2)],
+)
+def test_auto_devices_split_the_usable_cores(monkeypatch, cores, devices, threads):
+    monkeypatch.setattr(config, "available_cores", lambda: cores)
+    for data in ({}, {"workers": {"devices": "auto"}}):
+        settings = Settings.model_validate(data)
+        assert (settings.workers.devices, settings.ocr.cpu_threads) == (devices, threads)
+
+
+def test_explicit_devices_and_threads_are_kept(monkeypatch):
+    monkeypatch.setattr(config, "available_cores", lambda: 8)
+    shared = Settings.model_validate({"workers": {"devices": ["cpu", "cpu", "gpu:0"]}})
+    assert (shared.workers.devices, shared.ocr.cpu_threads) == (["cpu", "cpu", "gpu:0"], 4)
+    fixed = Settings.model_validate({"workers": {"devices": "auto"}, "ocr": {"cpu_threads": 1}})
+    assert (fixed.workers.devices, fixed.ocr.cpu_threads) == (["cpu"] * 4, 1)
+    assert Settings.model_validate_json(fixed.model_dump_json()) == fixed  # as workers get it
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"), [("max 100000", 4), ("150000 100000", 2), ("50000 100000", 1)]
+)
+def test_a_cgroup_cpu_quota_caps_the_usable_cores(monkeypatch, tmp_path, cpu_max, cores):
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    (tmp_path / "cpu.max").write_text(cpu_max + "\n")
+    assert available_cores(tmp_path / "cpu.max") == cores
+    assert available_cores(tmp_path / "absent") == 4
 
 
 def test_a_file_sets_devices_and_engine(tmp_path):

@@ -189,15 +189,50 @@ def _y_span(line: TextLine) -> float:
     return line.bbox[3] - line.bbox[1]
 
 
-def test_a_page_turned_a_quarter_is_read_once_and_says_so():
-    class Sideways(_OrientationEngine):
-        def recognize(self, image):
-            super().recognize(image)
-            return list(_lines_running(90, ["one line", "two lines", "three lines"]))
+class _Sideways(_OrientationEngine):
+    """A 300 x 200 px page whose text runs downwards (turned a quarter clockwise): read
+    as it is, four lines running down, of which the engine misses the first; read
+    turned upright (200 x 300 px), all four, running left to right, unless
+    ``garbled``."""
 
-    engine = Sideways()
+    garbled = False
+    upright = (
+        TextLine("Title", 0.9, ((10.0, 30.0), (150.0, 30.0), (150.0, 50.0), (10.0, 50.0))),
+        TextLine("second", 0.9, ((10.0, 90.0), (150.0, 90.0), (150.0, 110.0), (10.0, 110.0))),
+        TextLine("third", 0.9, ((10.0, 150.0), (150.0, 150.0), (150.0, 170.0), (10.0, 170.0))),
+        TextLine("fourth", 0.9, ((10.0, 210.0), (150.0, 210.0), (150.0, 230.0), (10.0, 230.0))),
+    )
+
+    def sideways(self, lines):
+        return [  # the upright page's (x, y) at (300 - y, x) on the page as given
+            TextLine(line.text, line.confidence, tuple((300 - y, x) for x, y in line.polygon))
+            for line in lines
+        ]
+
+    def recognize(self, image):
+        self.calls += 1
+        if image.pixels.shape[:2] == (200, 300):  # as given
+            return self.sideways(self.upright[1:])
+        assert image.pixels.shape[:2] == (300, 200)  # turned upright
+        return self.sideways(self.upright) if self.garbled else list(self.upright)
+
+
+def test_a_page_turned_a_quarter_is_read_again_upright_and_mapped_back():
+    engine = _Sideways()
     result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
-    assert (engine.calls, result.rotation) == (1, 270)
+    assert (engine.calls, result.rotation) == (2, 270)
+    assert list(result.lines) == engine.sideways(engine.upright)  # in the image's pixels
+    texts = [line.text for line in lines_in_reading_order(result)]
+    assert texts == ["Title", "second", "third", "fourth"]
+    assert result.upright_lines() == engine.upright
+
+
+def test_an_upright_reading_that_does_not_run_left_to_right_is_not_kept():
+    engine = _Sideways()
+    engine.garbled = True
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (2, 270)
+    assert [line.text for line in result.lines] == ["second", "third", "fourth"]
 
 
 def test_vertical_cjk_lines_or_too_few_votes_leave_the_page_as_it_is():
@@ -280,5 +315,34 @@ def test_the_paddle_engine_refuses_the_builtin_onnx_models(tmp_path, shared_stat
     settings = Settings.model_validate(
         {"folders": {"state": str(shared_state)}, "ocr": {"engine": "paddle"}}
     )
-    with pytest.raises(ModelError, match="runs on engine 'onnxruntime'"):
+    with pytest.raises(ModelError, match="runs on engine 'openvino' or 'onnxruntime'"):
+        PaddleEngine(settings, "gpu:0")
+
+
+def test_openvino_reads_what_onnxruntime_reads_through_paddlex(corpus, shared_state):
+    """The OpenVINO runtime sits inside PaddleX's own engine and binding registries: an
+    upgrade that moves them fails here, and the same models give the same lines."""
+    from daemon.engine import PaddleEngine
+
+    page = load_page_image(corpus / "images/ch_en_num.jpg")
+    read = {}
+    for runtime in ("openvino", "onnxruntime"):
+        settings = Settings.model_validate(
+            {"folders": {"state": str(shared_state)}, "ocr": {"engine": runtime}}
+        )
+        read[runtime] = PaddleEngine(settings, "cpu").recognize(page)
+    assert "正品促销" in [line.text for line in read["openvino"]]
+    assert [line.text for line in read["openvino"]] == [line.text for line in read["onnxruntime"]]
+    for ov, ort in zip(read["openvino"], read["onnxruntime"], strict=True):
+        assert np.allclose(ov.polygon, ort.polygon, atol=2.0)  # pixels
+
+
+def test_openvino_refuses_an_accelerator(shared_state):
+    from daemon.engine import PaddleEngine
+    from daemon.models import ModelError
+
+    settings = Settings.model_validate(
+        {"folders": {"state": str(shared_state)}, "ocr": {"engine": "openvino"}}
+    )
+    with pytest.raises(ModelError, match="runs on the CPU only"):
         PaddleEngine(settings, "gpu:0")
