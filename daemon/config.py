@@ -189,11 +189,12 @@ class IntakeSettings(_Strict):
 class OcrSettings(_Strict):
     """What the OCR engine runs and how (PaddleOCR 3.x pipeline arguments)."""
 
-    engine: Annotated[str, AfterValidator(_check_engine)] = "openvino"
-    """``openvino`` (the CPU, fastest there: PaddleX's pipeline with OpenVINO running
-    the ONNX models), ``onnxruntime`` (CPU, or GPU with onnxruntime-gpu), ``paddle``
-    (Paddle Inference, for gpu/npu/xpu devices), or ``module:Class`` naming an engine
-    plugin class."""
+    engine: Annotated[str, AfterValidator(_check_engine)] = "onnxruntime"
+    """``onnxruntime`` (CPU, or GPU with onnxruntime-gpu), ``openvino`` (CPU; PaddleX's
+    pipeline with OpenVINO running the same ONNX models: ``pip install
+    'scanhopper[openvino]'``; no faster than ONNX Runtime on an AVX2 CPU, README.md,
+    "Speed on the CPU"), ``paddle`` (Paddle Inference, for gpu/npu/xpu devices), or
+    ``module:Class`` naming an engine plugin class."""
     det_model: str = DEFAULT_DET_MODEL
     """PaddleX name of the text detection model."""
     det_model_dir: Path | None = None
@@ -213,8 +214,9 @@ class OcrSettings(_Strict):
     """A page of at least 3 lines whose mean line confidence is below this is read again
     turned 180 degrees, and kept turned when that reads clearly better (feeders put
     pages in upside down); ``0`` turns the check off. See ``engine.read_page``."""
-    rec_batch_size: int = Field(8, ge=1, le=256)
-    """Text lines recognised per batch."""
+    rec_batch_size: int = Field(1, ge=1, le=256)
+    """Text lines recognised per batch. On the CPU one at a time is fastest (a batch is
+    padded to its widest line) and needs least memory; accelerators want more."""
     det_limit_side_len: int = Field(1280, ge=32, le=8192)
     """Side length, in pixels, to which text detection resizes the page (see
     ``det_limit_type``). ``64`` with ``min`` is PaddleX's own default: nearly full

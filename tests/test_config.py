@@ -8,13 +8,13 @@ from daemon import config
 from daemon.config import ConfigError, Settings, available_cores, load_settings
 
 
-def test_defaults_run_openvino_on_cpu_workers_under_a_local_folder():
+def test_defaults_run_onnxruntime_on_cpu_workers_under_a_local_folder():
     settings = load_settings(None)
     cores = available_cores()
     workers = config.auto_cpu_workers(cores)
     assert settings.workers.devices == ["cpu"] * workers
     assert settings.ocr.cpu_threads == max(1, cores // workers)
-    assert settings.ocr.engine == "openvino"
+    assert (settings.ocr.engine, settings.ocr.rec_batch_size) == ("onnxruntime", 1)
     assert (settings.ocr.det_limit_side_len, settings.ocr.det_limit_type) == (1280, "max")
     assert str(settings.folders.state).startswith("scanhopper")
 

@@ -337,6 +337,21 @@ def test_openvino_reads_what_onnxruntime_reads_through_paddlex(corpus, shared_st
         assert np.allclose(ov.polygon, ort.polygon, atol=2.0)  # pixels
 
 
+def test_openvino_missing_is_a_clear_model_error(shared_state, monkeypatch):
+    import daemon.engine
+    from daemon.engine import PaddleEngine
+    from daemon.models import ModelError
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    monkeypatch.delitem(sys.modules, "daemon.engine.openvino", raising=False)
+    monkeypatch.delattr(daemon.engine, "openvino", raising=False)
+    settings = Settings.model_validate(
+        {"folders": {"state": str(shared_state)}, "ocr": {"engine": "openvino"}}
+    )
+    with pytest.raises(ModelError, match=r"pip install 'scanhopper\[openvino\]'"):
+        PaddleEngine(settings, "cpu")
+
+
 def test_openvino_refuses_an_accelerator(shared_state):
     from daemon.engine import PaddleEngine
     from daemon.models import ModelError
