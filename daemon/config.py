@@ -304,7 +304,8 @@ class Settings(_Strict):
         ocr = dict(data.get("ocr") or {})
         cores = available_cores()
         if workers.get("devices", "auto") == "auto":
-            workers["devices"] = ["cpu"] * auto_cpu_workers(cores)
+            slots = max(1, cores // (ocr.get("cpu_threads") or 1))  # cores per thread budget
+            workers["devices"] = ["cpu"] * auto_cpu_workers(slots, available_memory())
         if ocr.get("cpu_threads") is None:
             cpu_slots = sum(device == "cpu" for device in workers["devices"])
             ocr["cpu_threads"] = max(1, cores // max(cpu_slots, 1))
@@ -341,13 +342,33 @@ def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
-def auto_cpu_workers(cores: int) -> int:
-    """CPU workers for ``workers.devices = "auto"`` on ``cores`` usable cores.
+WORKER_MEMORY = 1536 * 2**20
+"""Bytes of memory ``workers.devices = "auto"`` sets aside for each CPU worker: the
+peak a worker may reach on one page (``bench.memory``; issue 9's bound)."""
 
-    The rule and the ``bench.engine`` figures it rests on are in README.md ("How many
+
+def available_memory(memory_max: Path = Path("/sys/fs/cgroup/memory.max")) -> int:
+    """Bytes of memory this process may use: physical memory, capped by a cgroup v2
+    limit (``memory_max``: bytes or ``"max"``; systemd ``MemoryMax=``, containers)."""
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = memory_max.read_text().strip()
+    except OSError:
+        return physical
+    return physical if limit == "max" else min(physical, int(limit))
+
+
+def auto_cpu_workers(cores: int, memory: int) -> int:
+    """CPU workers for ``workers.devices = "auto"``: one per usable core, as many as
+    ``memory`` bytes hold at :data:`WORKER_MEMORY` each, at least one.
+
+    One single-threaded worker per core reads more pages per second than fewer workers
+    with more threads: pages read side by side keep every core busy, where one page's
+    threads wait on each other (``bench.engine`` on 2 cores: 2 workers x 1 thread 1.14
+    times the bare 2-thread loop, 1 worker x 2 threads 0.98; README.md, "How many
     workers").
     """
-    return max(1, cores // 2)
+    return max(1, min(cores, memory // WORKER_MEMORY))
 
 
 ENV_PREFIX = "SCANHOPPER_"

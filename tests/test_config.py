@@ -11,7 +11,7 @@ from daemon.config import ConfigError, Settings, available_cores, load_settings
 def test_defaults_run_onnxruntime_on_cpu_workers_under_a_local_folder():
     settings = load_settings(None)
     cores = available_cores()
-    workers = config.auto_cpu_workers(cores)
+    workers = config.auto_cpu_workers(cores, config.available_memory())
     assert settings.workers.devices == ["cpu"] * workers
     assert settings.ocr.cpu_threads == max(1, cores // workers)
     assert (settings.ocr.engine, settings.ocr.rec_batch_size) == ("onnxruntime", 1)
@@ -20,23 +20,35 @@ def test_defaults_run_onnxruntime_on_cpu_workers_under_a_local_folder():
 
 
 @pytest.mark.parametrize(
-    ("cores", "devices", "threads"),
-    [(1, ["cpu"], 1), (2, ["cpu"], 2), (3, ["cpu"], 3), (16, ["cpu"] * 8, 2)],
+    ("cores", "gib", "devices", "threads"),
+    [
+        (1, 24, ["cpu"], 1),
+        (2, 24, ["cpu"] * 2, 1),
+        (16, 24, ["cpu"] * 16, 1),
+        (16, 6, ["cpu"] * 4, 4),
+    ],
 )
-def test_auto_devices_split_the_usable_cores(monkeypatch, cores, devices, threads):
+def test_auto_devices_give_each_core_a_worker_as_memory_allows(
+    monkeypatch, cores, gib, devices, threads
+):
     monkeypatch.setattr(config, "available_cores", lambda: cores)
+    monkeypatch.setattr(config, "available_memory", lambda: gib * 2**30)
     for data in ({}, {"workers": {"devices": "auto"}}):
         settings = Settings.model_validate(data)
         assert (settings.workers.devices, settings.ocr.cpu_threads) == (devices, threads)
+    assert config.auto_cpu_workers(4, 2**30) == 1  # always one
 
 
 def test_explicit_devices_and_threads_are_kept(monkeypatch):
     monkeypatch.setattr(config, "available_cores", lambda: 8)
+    monkeypatch.setattr(config, "available_memory", lambda: 6 * 2**30)
     shared = Settings.model_validate({"workers": {"devices": ["cpu", "cpu", "gpu:0"]}})
     assert (shared.workers.devices, shared.ocr.cpu_threads) == (["cpu", "cpu", "gpu:0"], 4)
     fixed = Settings.model_validate({"workers": {"devices": "auto"}, "ocr": {"cpu_threads": 1}})
     assert (fixed.workers.devices, fixed.ocr.cpu_threads) == (["cpu"] * 4, 1)
     assert Settings.model_validate_json(fixed.model_dump_json()) == fixed  # as workers get it
+    wide = Settings.model_validate({"ocr": {"cpu_threads": 2}})
+    assert (wide.workers.devices, wide.ocr.cpu_threads) == (["cpu"] * 4, 2)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +59,14 @@ def test_a_cgroup_cpu_quota_caps_the_usable_cores(monkeypatch, tmp_path, cpu_max
     (tmp_path / "cpu.max").write_text(cpu_max + "\n")
     assert available_cores(tmp_path / "cpu.max") == cores
     assert available_cores(tmp_path / "absent") == 4
+
+
+def test_a_cgroup_memory_limit_caps_the_memory(tmp_path):
+    physical = config.available_memory(tmp_path / "absent")
+    (tmp_path / "memory.max").write_text("max\n")
+    assert config.available_memory(tmp_path / "memory.max") == physical
+    (tmp_path / "memory.max").write_text(f"{2**30}\n")
+    assert config.available_memory(tmp_path / "memory.max") == 2**30
 
 
 def test_a_file_sets_devices_and_engine(tmp_path):
