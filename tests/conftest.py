@@ -49,8 +49,9 @@ def fake_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     return Settings.model_validate(
         {
             "folders": {"state": str(tmp_path / "state")},
-            "ocr": {"engine": FAKE_ENGINE},
+            "ocr": {"engine": FAKE_ENGINE, "cpu_threads": 2},
             "workers": {
+                "devices": ["cpu"],
                 "page_timeout": 3,
                 "start_timeout": 30,
                 "stop_grace": 2,

@@ -48,6 +48,9 @@ def _record(kind: str, **data) -> None:
         tmp.rename(path)
 
 
+_HOARD: list[bytearray] = []
+
+
 class ScriptedEngine:
     """A fake engine whose behaviour per page is chosen by the page's file name."""
 
@@ -80,6 +83,8 @@ class ScriptedEngine:
             return [TextLine("outside", 0.8, box)]
         if "slow" in name:
             time.sleep(0.5)
+        if "hog" in name:  # memory the worker keeps after the page
+            _HOARD.append(bytearray(64 * 2**20))
         time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0")))
         box = ((0.0, 0.0), (width * 0.8, 0.0), (width * 0.8, height * 0.1), (0.0, height * 0.1))
         _record("done", page=name, path=str(image.source))

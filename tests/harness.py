@@ -46,7 +46,9 @@ class Daemon:
             f'state = "{self.state}"\n'
             "[intake]\nstable_seconds = 0.3\nsettle_seconds = 0.3\n"
             f'[ocr]\nengine = "{engine}"\ncpu_threads = 1\n'
-            "[workers]\npage_timeout = 30\nhealth_interval = 0.5\nstop_grace = 5\n" + extra
+            "[workers]\npage_timeout = 30\nhealth_interval = 0.5\nstop_grace = 5\n"
+            + ("" if "devices" in extra else 'devices = ["cpu"]\n')
+            + extra
         )
         self.env = {
             **os.environ,

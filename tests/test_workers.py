@@ -49,7 +49,7 @@ def _no_children_left() -> None:
     ],
 )
 def test_device_slot_environment_pins_only_its_device(device, expected):
-    env = DeviceSlot(device).environment(Settings())
+    env = DeviceSlot(device).environment(Settings.model_validate({"ocr": {"cpu_threads": 2}}))
     assert {k: env[k] for k in expected} == expected
 
 
@@ -108,6 +108,45 @@ async def test_a_failing_page_fails_alone_and_the_next_page_succeeds(
     assert [line.text for line in after.lines] == ["next"]
     assert restarted == (cause != "error")
     _no_children_left()
+
+
+@pytest.mark.parametrize(
+    ("limits", "names", "workers"),
+    [
+        ({"recycle_pages": 2}, ["a.png", "b.png", "c.png", "d.png", "e.png"], 3),
+        ({"recycle_rss_mb": 1}, ["a.png", "b.png", "c.png"], 3),  # every page is over
+        ({"recycle_rss_mb": 0}, ["hog1.png", "hog2.png", "hog3.png"], 1),  # off
+    ],
+)
+async def test_a_worker_is_recycled_after_its_page_without_losing_or_redoing_one(
+    fake_settings, tmp_path, limits, names, workers
+):
+    settings = _with_devices(fake_settings, ["cpu"], **limits)
+    async with open_worker_pool(settings) as pool:
+        results = [await pool.ocr(_page(tmp_path, name)) for name in names]
+    assert [result.lines[0].text for result in results] == [Path(n).stem for n in names]
+    calls = engine_calls(tmp_path / "engine-log")
+    assert sorted(call["page"] for call in calls) == sorted(names)  # each read once
+    assert len({call["pid"] for call in calls}) == workers
+    assert len(engine_loads(tmp_path / "engine-log")) == workers
+    _no_children_left()
+
+
+async def test_a_worker_holding_memory_after_a_page_is_recycled(fake_settings, tmp_path):
+    settings = _with_devices(fake_settings, ["cpu"], recycle_rss_mb=200)
+    async with open_worker_pool(settings) as pool:
+        first = pool.pids[0]
+        await pool.ocr(_page(tmp_path, "hog1.png"))  # a fresh fake worker: well under 200
+        assert pool.pids[0] == first
+        for n in range(2, 5):  # 64 MiB kept per page
+            await pool.ocr(_page(tmp_path, f"hog{n}.png"))
+        with anyio.fail_after(10):
+            while pool.pids.get(0) in (first, None):
+                await anyio.sleep(0.05)
+        after = await pool.ocr(_page(tmp_path, "after.png"))
+    assert [line.text for line in after.lines] == ["after"]
+    pids = {call["page"]: call["pid"] for call in engine_calls(tmp_path / "engine-log")}
+    assert pids["hog1.png"] == pids["hog2.png"] == first != pids["after.png"]
 
 
 async def test_a_corrupt_image_is_a_page_error_naming_the_file(fake_settings, tmp_path):
