@@ -5,7 +5,8 @@ FILE run``) on its built-in defaults, the config file naming only its folders (i
 temp dir; ``SCANHOPPER_*`` variables are dropped). With ``--before`` a second daemon,
 ``scanhopper-before``, runs too, on scanhopper's previous defaults: its config file
 adds ``ocr.engine = "onnxruntime"``, ``det_limit_side_len = 64``, ``det_limit_type =
-"min"`` (PaddleX's own), ``cpu_threads = 2`` and ``workers.devices = ["cpu"]``. Each
+"min"`` (PaddleX's own), ``rec_batch_size = 8``, ``cpu_threads = 2``,
+``workers.devices = ["cpu"]`` and ``recycle_rss_mb = 0``. Each
 round starts fresh daemons (fresh state, so no page's OCR is reused from an earlier
 round), waits for ``daemon_ready`` and publishes a one-page warm-up PDF to each, so
 model loading is not timed. A timing is then from renaming the PDF into the inbox to
@@ -89,12 +90,13 @@ _CONFIGS = {
     SCANHOPPER: "",
     BEFORE: (
         '[ocr]\nengine = "onnxruntime"\ndet_limit_side_len = 64\ndet_limit_type = "min"\n'
-        'cpu_threads = 2\n[workers]\ndevices = ["cpu"]\n'
+        'rec_batch_size = 8\ncpu_threads = 2\n[workers]\ndevices = ["cpu"]\nrecycle_rss_mb = 0\n'
     ),
 }
 """What each scanhopper run's config file holds besides its folders: nothing (the
-built-in defaults), and for ``--before`` the defaults before OpenVINO, the detection
-resize to 1280 pixels and ``workers.devices = "auto"``."""
+built-in defaults), and for ``--before`` the defaults before issue 9 (nearly full
+resolution detection, recognition in batches of 8, one worker x 2 threads, no worker
+recycling)."""
 
 _DEBIAN_LANGUAGE = {"eng": "tesseract-ocr-eng", "fra": "tesseract-ocr-fra"}
 _DEBIAN_LANGUAGE["chi_sim"] = "tesseract-ocr-chi-sim"

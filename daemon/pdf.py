@@ -253,35 +253,41 @@ def _load_page(doc: pymupdf.Document, source: PageSource) -> pymupdf.Page:
 
 
 def render_page(source: PageSource, dest: Path, *, dpi: float, max_pixels: int) -> float:
-    """Rasterise one PDF page to a PNG for OCR, as a viewer shows it (rotation applied).
+    """Rasterise one PDF page for OCR, as a viewer shows it (rotation applied), into an
+    uncompressed RGB TIFF that states its DPI.
 
-    The resolution is lowered where ``dpi`` would exceed ``max_pixels`` pixels, so a
-    huge page costs bounded memory.
+    Uncompressed, since the file lives only until the page is read: writing and
+    decoding a 2550 x 3300 px page took 0.02 + 0.02 s, against 0.27 + 0.13 s as PNG,
+    CPU time the OCR workers beside the daemon lost (25 MB on disk a page, bounded by
+    the queues). The resolution is lowered where ``dpi`` would exceed ``max_pixels``
+    pixels, so a huge page costs bounded memory.
 
     Args:
         source: A ``pdf`` page.
-        dest: The PNG file to write.
+        dest: The TIFF file to write.
         dpi: Wanted resolution in dots per inch.
         max_pixels: Most pixels (width x height) the image may have.
 
     Returns:
-        The DPI actually used (also stored in the PNG).
+        The DPI actually used (also stored in the TIFF).
 
     Raises:
         PageSourceError: the page cannot be read or rendered.
+        OSError: the file cannot be written.
     """
     with _opened_pdf(source) as doc:
         page = _load_page(doc, source)
         area_in2 = (page.rect.width / 72.0) * (page.rect.height / 72.0)
-        used = min(dpi, math.sqrt(max_pixels / max(area_in2, 1e-6)))
+        used = max(int(min(dpi, math.sqrt(max_pixels / max(area_in2, 1e-6)))), 1)
         try:
-            pix = page.get_pixmap(dpi=max(int(used), 1), colorspace=pymupdf.csRGB, annots=False)
-            pix.set_dpi(pix.xres, pix.yres)
-            pix.save(dest, output="png")
-            del pix  # freed before the cache is released on closing the PDF
+            pix = page.get_pixmap(dpi=used, colorspace=pymupdf.csRGB, annots=False, alpha=False)
         except (RuntimeError, ValueError, MemoryError) as exc:
             raise PageSourceError(source.path, source.index, f"cannot render ({exc})") from exc
-        return float(max(int(used), 1))
+        size = (pix.width, pix.height)
+        image = Image.frombuffer("RGB", size, pix.samples_mv, "raw", "RGB", pix.stride, 1)
+        image.save(dest, format="TIFF", dpi=(used, used))
+        del image, pix  # freed before the cache is released on closing the PDF
+        return float(used)
 
 
 def prepare_page(
@@ -308,7 +314,7 @@ def prepare_page(
         with source.open() as opened:
             shutil.copyfile(opened, dest)
         return dest, source.index
-    dest = folder / f"{source.path.stem}-p{source.index + 1:05d}.png"
+    dest = folder / f"{source.path.stem}-p{source.index + 1:05d}.tif"
     render_page(source, dest, dpi=dpi, max_pixels=max_pixels)
     return dest, 0
 

@@ -220,14 +220,14 @@ def test_hugemono_is_rasterised_within_the_pixel_cap(corpus, tmp_path):
         "from pathlib import Path\n"
         "from daemon.pdf import PageSource, render_page\n"
         f"dpi = render_page(PageSource(Path({str(corpus / 'pdf/hugemono.pdf')!r}), 'pdf', 0),"
-        f" Path({str(tmp_path / 'page.png')!r}), dpi=300, max_pixels=50_000_000)\n"
+        f" Path({str(tmp_path / 'page.tif')!r}), dpi=300, max_pixels=50_000_000)\n"
         "print(dpi)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     dpi = float(done.stdout.split()[-1])
     assert dpi < 300
-    with Image.open(tmp_path / "page.png") as im:
+    with Image.open(tmp_path / "page.tif") as im:
         assert im.size[0] * im.size[1] <= 50_000_000
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from daemon.config import TextPolicy
-from daemon.engine import OcrResult, TextLine
+from daemon.engine import OcrResult, TextLine, load_page_image
 from daemon.layout import reading_order
 from daemon.pdf import (
     EncryptedPdfError,
@@ -19,8 +19,26 @@ from daemon.pdf import (
     PdfPage,
     assemble_pdf,
     expand_pages,
+    render_page,
     skipped_pages,
 )
+
+
+def test_a_pdf_page_is_rendered_for_ocr_uncompressed_stating_its_dpi(corpus, tmp_path):
+    source = PageSource(corpus / "pdf/multipage.pdf", "pdf", 0)
+    with pymupdf.open(source.path) as doc:
+        inches = (doc[0].rect.width / 72, doc[0].rect.height / 72)
+    assert render_page(source, tmp_path / "p.tif", dpi=300, max_pixels=50_000_000) == 300
+    image = load_page_image(tmp_path / "p.tif")
+    assert image.dpi == 300
+    assert image.pixels.shape == (round(inches[1] * 300), round(inches[0] * 300), 3)
+    with Image.open(tmp_path / "p.tif") as tiff:
+        assert tiff.info["compression"] == "raw"
+    capped = render_page(source, tmp_path / "c.tif", dpi=300, max_pixels=1_000_000)
+    small = load_page_image(tmp_path / "c.tif")
+    assert small.dpi == capped < 300
+    assert small.pixels.shape[0] * small.pixels.shape[1] <= 1_000_000
+
 
 PER_PAGE_OVERHEAD = 16 * 1024
 """Bytes a page may add to its source image (text layer, font share, objects)."""
