@@ -41,6 +41,10 @@ def limit_image_pixels(max_pixels: int) -> None:
 def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -> PageImage:
     """Decode one page image file, EXIF orientation applied.
 
+    Memory: one decoded copy and one array of ``height x width x 3`` bytes at most at
+    once (the channels are swapped in place), since a 9000 x 9000 px page is 243 MB a
+    copy (``bench.memory``).
+
     Args:
         path: JPEG, PNG, TIFF, BMP, WebP or any format Pillow reads.
         frame: Frame of a multi-page TIFF, 0-based.
@@ -53,12 +57,15 @@ def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -
         ImageError: the file is missing, not an image, truncated, has no such frame,
             or exceeds Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
     """
+    import cv2
+
     try:
         with Image.open(path) as im:
             im.seek(frame)
             dpi = image_dpi(im, default_dpi)
-            upright = ImageOps.exif_transpose(im)
-            rgb = np.asarray(upright.convert("RGB"))
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            pixels = np.array(im if im.mode == "RGB" else im.convert("RGB"))
     except EOFError as exc:
         raise ImageError(f"{path}: has no frame {frame}") from exc
     except (
@@ -69,7 +76,8 @@ def load_page_image(path: Path, *, frame: int = 0, default_dpi: float = 300.0) -
         ValueError,
     ) as exc:
         raise ImageError(f"{path}: cannot read image ({exc})") from exc
-    return PageImage(np.ascontiguousarray(rgb[:, :, ::-1]), dpi, path)
+    cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR, dst=pixels)
+    return PageImage(pixels, dpi, path)
 
 
 def image_dpi(im: Image.Image, default: float) -> float:
