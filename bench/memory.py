@@ -44,6 +44,7 @@ def _status_mib(pid: int, field: str) -> float:
 def _pages(settings: Settings, work: Path, pattern: str) -> list[tuple[str, Path, int]]:
     """``(label, image file, frame)`` of every corpus page matching ``pattern``, and of
     the 6000 px photo, prepared in ``work`` as the daemon prepares them."""
+    work.mkdir(parents=True, exist_ok=True)
     photo = work / "photo-6000px.jpg"
     with Image.open(CORPUS / "images" / "typewriter.png") as im:
         im.convert("RGB").resize((6000, 4296), Image.Resampling.LANCZOS).save(photo, quality=90)

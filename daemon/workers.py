@@ -37,7 +37,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .config import Settings
-from .engine import OcrEngine, OcrResult
+from .engine import OcrEngine, OcrResult, load_page_image, read_page
 from .errors import ExitCode, ScanhopperError
 from .memory import resident_bytes, trim_heap
 
@@ -540,8 +540,6 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
 
 def _read_request(engine: OcrEngine, settings: Settings, request: dict[str, Any]) -> dict:
     """Read the page a request names; the reply to send, a result or an error."""
-    from .engine import load_page_image, read_page
-
     started = time.perf_counter()
     try:
         image = load_page_image(
