@@ -221,7 +221,7 @@ class OcrSettings(_Strict):
     """Side length, in pixels, to which text detection resizes the page (see
     ``det_limit_type``). ``64`` with ``min`` is PaddleX's own default: nearly full
     resolution (at most 4000 pixels a side), several times slower on a 300 dpi page and
-    no more accurate (README.md, "Accuracy")."""
+    no more accurate (README.md, "Speed on the CPU")."""
     det_limit_type: Literal["min", "max"] = "max"
     """``max``: the longest side is scaled down to ``det_limit_side_len``; ``min``: the
     shortest side is scaled up to it."""

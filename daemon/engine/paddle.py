@@ -83,7 +83,7 @@ def _runtime_arguments(settings: Settings) -> dict[str, Any]:
     if ocr.engine == "onnxruntime":
         # No memory arena and no memory pattern: ONNX Runtime then frees each call's
         # buffers, and a worker idles at half the memory (456 against 914 MiB after
-        # ten 300 dpi pages) for 3% of speed (bench.memory; README.md, "Memory").
+        # ten 300 dpi pages) for 3% of speed (README.md, "Speed on the CPU").
         return {
             "engine": "onnxruntime",
             "engine_config": {
