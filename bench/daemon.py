@@ -72,12 +72,18 @@ def bare_loop(settings, pages: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (``VmHWM``) of a live process, in MB."""
+def status_mb(pid: int, field: str) -> float:
+    """A memory line of a live process's ``/proc/<pid>/status`` (``VmHWM``, ``VmRSS``),
+    in MB (MiB); 0.0 when absent."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (``VmHWM``) of a live process, in MB."""
+    return status_mb(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:

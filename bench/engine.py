@@ -29,13 +29,12 @@ from pathlib import Path
 import anyio
 import pymupdf
 
+from bench.daemon import CORPUS
 from bench.groundtruth import generate
 from daemon.config import Settings, auto_cpu_workers, available_cores
 from daemon.engine import create_engine, load_page_image, read_page
 from daemon.logs import configure_logging
 from daemon.workers import open_worker_pool
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
 
 def make_pages(folder: Path) -> list[Path]:

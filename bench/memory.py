@@ -25,20 +25,11 @@ from pathlib import Path
 import anyio
 from PIL import Image
 
+from bench.daemon import CORPUS, status_mb
 from daemon.config import Settings
 from daemon.logs import configure_logging
 from daemon.pdf import expand_pages, prepare_page
 from daemon.workers import open_worker_pool
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-
-
-def _status_mib(pid: int, field: str) -> float:
-    """``VmHWM`` or ``VmRSS`` of a live process, in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise LookupError(field)
 
 
 def _pages(settings: Settings, work: Path, pattern: str) -> list[tuple[str, Path, int]]:
@@ -79,8 +70,8 @@ async def _measure(settings: Settings, pages: list[tuple[str, Path, int]]) -> No
                 seconds = f"{result.seconds:8.2f}"
             except Exception as exc:  # a bad page is a figure too
                 seconds = type(exc).__name__[:8]
-            peaks.append(_status_mib(pid, "VmHWM"))
-            idles.append(_status_mib(pid, "VmRSS"))
+            peaks.append(status_mb(pid, "VmHWM"))
+            idles.append(status_mb(pid, "VmRSS"))
             print(f"{label[:28]:28} {size:>13} {seconds:>8} {peaks[-1]:9.0f} {idles[-1]:9.0f}")
     print(f"largest: peak {max(peaks):.0f} MiB (target < 1536), idle {max(idles):.0f} MiB")
     print(
