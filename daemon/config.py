@@ -334,12 +334,10 @@ def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     least 1."""
     cores = len(os.sched_getaffinity(0))
     try:
-        quota, period = cpu_max.read_text().split()
-    except (OSError, ValueError):
+        quota, period = (int(n) for n in cpu_max.read_text().split())
+    except (OSError, ValueError):  # absent, "max <period>", or not two numbers
         return cores
-    if quota == "max":
-        return cores
-    return max(1, min(cores, math.ceil(int(quota) / int(period))))
+    return max(1, min(cores, math.ceil(quota / max(period, 1))))
 
 
 WORKER_MEMORY = 1536 * 2**20
@@ -352,10 +350,10 @@ def available_memory(memory_max: Path = Path("/sys/fs/cgroup/memory.max")) -> in
     limit (``memory_max``: bytes or ``"max"``; systemd ``MemoryMax=``, containers)."""
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     try:
-        limit = memory_max.read_text().strip()
-    except OSError:
+        limit = int(memory_max.read_text())
+    except (OSError, ValueError):  # absent, or "max"
         return physical
-    return physical if limit == "max" else min(physical, int(limit))
+    return min(physical, limit)
 
 
 def auto_cpu_workers(cores: int, memory: int) -> int:

@@ -52,7 +52,8 @@ def test_explicit_devices_and_threads_are_kept(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cpu_max", "cores"), [("max 100000", 4), ("150000 100000", 2), ("50000 100000", 1)]
+    ("cpu_max", "cores"),
+    [("max 100000", 4), ("150000 100000", 2), ("50000 100000", 1), ("junk", 4), ("1 2 3", 4)],
 )
 def test_a_cgroup_cpu_quota_caps_the_usable_cores(monkeypatch, tmp_path, cpu_max, cores):
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
@@ -64,6 +65,8 @@ def test_a_cgroup_cpu_quota_caps_the_usable_cores(monkeypatch, tmp_path, cpu_max
 def test_a_cgroup_memory_limit_caps_the_memory(tmp_path):
     physical = config.available_memory(tmp_path / "absent")
     (tmp_path / "memory.max").write_text("max\n")
+    assert config.available_memory(tmp_path / "memory.max") == physical
+    (tmp_path / "memory.max").write_text("garbage\n")
     assert config.available_memory(tmp_path / "memory.max") == physical
     (tmp_path / "memory.max").write_text(f"{2**30}\n")
     assert config.available_memory(tmp_path / "memory.max") == 2**30
