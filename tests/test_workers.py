@@ -132,6 +132,31 @@ async def test_a_worker_is_recycled_after_its_page_without_losing_or_redoing_one
     _no_children_left()
 
 
+async def test_recycling_after_every_page_mixes_with_crashes_and_page_errors(
+    fake_settings, tmp_path
+):
+    settings = _with_devices(fake_settings, ["cpu"], recycle_pages=1)
+    names = ["a.png", "crash.png", "b.png", "raise.png", "c.png"]
+    outcomes = {}
+    async with open_worker_pool(settings) as pool:
+        for name in names:
+            try:
+                outcomes[name] = (await pool.ocr(_page(tmp_path, name))).lines[0].text
+            except PageFailedError as exc:
+                outcomes[name] = exc.cause
+    assert outcomes == {
+        "a.png": "a",
+        "crash.png": "crash",
+        "b.png": "b",
+        "raise.png": "error",
+        "c.png": "c",
+    }
+    calls = engine_calls(tmp_path / "engine-log")
+    assert sorted(call["page"] for call in calls) == sorted(names)  # each sent once
+    assert len({call["pid"] for call in calls}) == len(names)  # a fresh worker for each
+    _no_children_left()
+
+
 async def test_a_worker_holding_memory_after_a_page_is_recycled(fake_settings, tmp_path):
     settings = _with_devices(fake_settings, ["cpu"], recycle_rss_mb=200)
     async with open_worker_pool(settings) as pool:
