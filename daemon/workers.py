@@ -3,7 +3,10 @@
 Each worker is a fresh Python interpreter (``python -m daemon.workers``; never a fork of
 a process that holds an engine) whose device is pinned in its environment before
 PaddleOCR or paddle is imported. It loads its engine once, then answers one JSON line
-per page on its stdout for each JSON line request on its stdin.
+per page on its stdout for each JSON line request on its stdin. CPU workers also
+inherit the pool's :class:`~daemon.engine.threads.CpuLoad` (the descriptor is their
+third argument), through which a worker reading a page alone borrows the idle
+workers' cores.
 
 Protocol (one JSON object per line):
 
@@ -38,6 +41,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .config import Settings
 from .engine import OcrEngine, OcrResult, load_page_image, read_page
+from .engine.threads import CpuLoad
 from .errors import ExitCode, ScanhopperError
 from .memory import resident_bytes, trim_heap
 
@@ -290,6 +294,14 @@ class WorkerPool:
         """Current worker process id per slot index (``None`` while restarting)."""
         self._ids = count()
         self._queues = _SlotQueues(len(self.slots), settings.workers.queue_depth)
+        self.cpu_load = CpuLoad.create()
+        """CPU workers reading a page, shared with them (closed by
+        :func:`open_worker_pool`)."""
+
+    def _count_cpu_load(self) -> None:
+        """Tell the CPU workers how many of them are reading a page now."""
+        busy = zip(self.slots, self._queues.busy, strict=True)
+        self.cpu_load.set(sum(taken for slot, taken in busy if slot.kind == "cpu"))
 
     def queued(self) -> dict[str, int]:
         """Pages waiting in each slot's queue, by slot (``gpu:0``, or ``cpu#2`` for the
@@ -341,6 +353,7 @@ class WorkerPool:
             "PADDLE_PDX_CACHE_HOME": str(self.settings.cache_dir / "paddlex"),
             "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
         }
+        load_fd = self.cpu_load.fd if slot.kind == "cpu" else -1
         process = await anyio.open_process(
             [
                 sys.executable,
@@ -348,9 +361,11 @@ class WorkerPool:
                 "daemon.workers",
                 slot.name,
                 self.settings.model_dump_json(),
+                str(load_fd),
             ],
             env=env,
             stderr=None,
+            pass_fds=[load_fd] if load_fd >= 0 else [],
         )
         assert process.stdout is not None
         worker = _Worker(slot, process, BufferedByteReceiveStream(process.stdout), tmpdir)
@@ -453,12 +468,14 @@ class WorkerPool:
                     wait = RESTART_SECONDS[0]
                 if job is None:
                     job = await self._next_job(index, worker)
+                    self._count_cpu_load()
                 if job is None and worker.alive():
                     return
                 usable = job is not None and await self._try_job(worker, job)
                 if job is not None and job.done.is_set():
                     job = None
                     self._queues.release(index)
+                    self._count_cpu_load()
                 if usable:
                     continue
                 self.pids[index] = None
@@ -536,6 +553,8 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
         if pool.fatal is not None:
             raise pool.fatal from None
         raise
+    finally:
+        pool.cpu_load.close()
 
 
 def _read_request(engine: OcrEngine, settings: Settings, request: dict[str, Any]) -> dict:
@@ -571,8 +590,9 @@ def _recycle_reason(settings: Settings, pages: int) -> str | None:
     return None
 
 
-def _worker_main(device: str, settings_json: str) -> int:
-    """Body of a worker process: load the engine once, answer requests until EOF."""
+def _worker_main(device: str, settings_json: str, cpu_load_fd: int) -> int:
+    """Body of a worker process: load the engine once, answer requests until EOF.
+    ``cpu_load_fd``: the pool's :class:`CpuLoad` descriptor, or -1 (not a CPU worker)."""
     from .engine import create_engine, limit_image_pixels
 
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
@@ -585,7 +605,9 @@ def _worker_main(device: str, settings_json: str) -> int:
     settings = Settings.model_validate_json(settings_json)
     limit_image_pixels(settings.output.max_pixels)
     try:
-        engine = create_engine(settings, slot.engine_device)
+        engine = create_engine(
+            settings, slot.engine_device, cpu_load_fd=cpu_load_fd if cpu_load_fd >= 0 else None
+        )
     except Exception as exc:  # any load failure is reported, not raised
         send({"type": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         return 1
@@ -608,4 +630,4 @@ def _worker_main(device: str, settings_json: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1], sys.argv[2]))
+    sys.exit(_worker_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

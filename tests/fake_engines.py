@@ -16,7 +16,9 @@ file it names exists (a device lost after the start); ``FAKE_ENGINE_LOAD_DELAY``
 many seconds (recorded as ``loading`` before the wait, ``load`` after).
 
 Every construction and every call is recorded as a JSON file in ``$FAKE_ENGINE_LOG`` so
-tests can count engine calls and see the environment each worker really had.
+tests can count engine calls and see the environment each worker really had. A call's
+start and end also record ``cpu_load``, the pool's shared count of busy CPU workers as
+the worker read it then (``None`` in a worker given no count).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
 
 from daemon.engine import PageImage, TextLine
+from daemon.engine.threads import CpuLoad
 
 PINNED = (
     "CUDA_VISIBLE_DEVICES",
@@ -62,11 +66,15 @@ class ScriptedEngine:
         _record("loading", device=device)
         time.sleep(float(os.environ.get("FAKE_ENGINE_LOAD_DELAY", "0")))
         self.device = device
-        _record("load", device=device, environment={k: os.environ.get(k) for k in PINNED})
+        fd = int(sys.argv[3])  # the worker's argument: the pool's CpuLoad, or -1
+        self.cpu_load = CpuLoad.attach(fd) if fd >= 0 else None
+        environment = {k: os.environ.get(k) for k in PINNED}
+        _record("load", device=device, environment=environment, cpu_load=self.cpu_load is not None)
 
     def recognize(self, image: PageImage) -> list[TextLine]:
         name = image.source.name if image.source else ""
-        _record("call", page=name, device=self.device)
+        load = self.cpu_load.get() if self.cpu_load else None
+        _record("call", page=name, device=self.device, cpu_load=load)
         if "crash" in name:
             os._exit(3)
         if "segv" in name:
@@ -87,7 +95,8 @@ class ScriptedEngine:
             _HOARD.append(bytearray(64 * 2**20))
         time.sleep(float(os.environ.get("FAKE_ENGINE_DELAY", "0")))
         box = ((0.0, 0.0), (width * 0.8, 0.0), (width * 0.8, height * 0.1), (0.0, height * 0.1))
-        _record("done", page=name, path=str(image.source))
+        load = self.cpu_load.get() if self.cpu_load else None
+        _record("done", page=name, path=str(image.source), cpu_load=load)
         return [TextLine(Path(name).stem, 0.99, box)]
 
 
@@ -98,7 +107,12 @@ def engine_calls(log_dir: Path) -> list[dict]:
 
 def engine_done(log_dir: Path) -> list[str]:
     """Page names whose recognition finished, one entry per finished call."""
-    return [json.loads(p.read_text())["page"] for p in log_dir.glob("done-*.json")]
+    return [call["page"] for call in engine_finished(log_dir)]
+
+
+def engine_finished(log_dir: Path) -> list[dict]:
+    """Every finished recognize call recorded in ``log_dir``."""
+    return [json.loads(p.read_text()) for p in log_dir.glob("done-*.json")]
 
 
 def engine_loads(log_dir: Path) -> list[dict]:

@@ -361,3 +361,50 @@ def test_openvino_refuses_an_accelerator(shared_state):
     )
     with pytest.raises(ModelError, match="runs on the CPU only"):
         PaddleEngine(settings, "gpu:0")
+
+
+@pytest.mark.parametrize(
+    ("own", "workers", "busy", "threads"),
+    [
+        (1, 2, 1, 2),  # a page read alone borrows the idle worker's core
+        (1, 2, 2, 1),
+        (1, 2, 0, 2),  # before the pool first says: as alone
+        (1, 3, 1, 2),  # rounded down to a power of two
+        (2, 4, 1, 8),
+        (1, 16, 1, 4),  # at most MAX_LENT_FACTOR times its own
+        (1, 16, 5, 2),
+        (1, 16, 16, 1),
+        (2, 1, 1, 2),  # a lone worker keeps its own
+    ],
+)
+def test_lent_threads_share_the_idle_workers_cores(own, workers, busy, threads):
+    from daemon.engine.threads import lent_threads
+
+    assert lent_threads(own, workers, busy) == threads
+    assert lent_threads(own, workers, busy) <= own * workers
+
+
+def test_the_onnxruntime_runner_follows_the_shared_cpu_load(shared_state):
+    """Each call runs on the threads the pool's count allows, each thread count its own
+    session made when first needed, and the results do not depend on it."""
+    from daemon.engine.onnxruntime import OnnxRuntimeRunner
+    from daemon.engine.runtimes import CpuRuntimeConfig
+    from daemon.engine.threads import CpuLoad
+
+    load = CpuLoad.create()
+    try:
+        config = CpuRuntimeConfig(cpu_threads=1, cpu_workers=2, cpu_load_fd=load.fd)
+        model = shared_state / "models" / "PP-OCRv6_small_rec" / "inference.onnx"
+        runner = OnnxRuntimeRunner(model, config)
+        line = np.random.default_rng(7).random((1, 3, 48, 320), dtype=np.float32)
+        outputs = {}
+        for busy, threads in ((2, 1), (1, 2)):
+            load.set(busy)
+            assert runner.threads() == threads
+            outputs[threads] = runner([line])
+        assert sorted(runner._sessions) == [1, 2]
+        assert np.allclose(outputs[1][0], outputs[2][0], atol=1e-5)
+        with pytest.raises(ValueError, match="takes 1 inputs"):
+            runner([line, line])
+    finally:
+        load.close()

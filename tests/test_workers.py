@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import psutil
 import pytest
-from fake_engines import engine_calls, engine_loads
+from fake_engines import engine_calls, engine_finished, engine_loads
 from PIL import Image
 
 from daemon.config import Settings
@@ -65,15 +65,35 @@ async def test_each_slot_process_sees_its_pinned_device(fake_settings, tmp_path)
             load["environment"]["CUDA_VISIBLE_DEVICES"],
             load["environment"]["ASCEND_RT_VISIBLE_DEVICES"],
             load["environment"]["OMP_NUM_THREADS"],
+            load["cpu_load"],
         )
         for load in loads.values()
     )
     assert seen == [
-        ("cpu", "", "", "2"),
-        ("gpu:0", "1", "", None),
-        ("npu:0", "", "0", None),
+        ("cpu", "", "", "2", True),
+        ("gpu:0", "1", "", None, False),
+        ("npu:0", "", "0", None, False),
     ]
     _no_children_left()
+
+
+async def test_cpu_workers_see_how_many_of_them_are_reading_a_page(fake_settings, tmp_path):
+    """The pool's shared count of busy CPU workers (the cores a worker reading alone
+    may borrow) reaches the workers, and falls back to 0 when they finish."""
+    settings = _with_devices(fake_settings, ["cpu", "cpu"])
+    async with open_worker_pool(settings) as pool:
+        await pool.ocr(_page(tmp_path, "slow-alone.png"))
+        async with anyio.create_task_group() as tg:
+            for name in ("slow-a.png", "slow-b.png"):
+                tg.start_soon(pool.ocr, _page(tmp_path, name))
+        assert pool.cpu_load.get() == 0
+    log = tmp_path / "engine-log"
+    seen: dict[str, set[int]] = {}
+    for call in engine_calls(log) + engine_finished(log):  # at each page's start and end
+        seen.setdefault(call["page"], set()).add(call["cpu_load"])
+    assert seen["slow-alone.png"] == {1}
+    assert 2 in seen["slow-a.png"] | seen["slow-b.png"]  # the later start, the earlier end
+    assert seen["slow-a.png"] | seen["slow-b.png"] <= {1, 2}
 
 
 async def test_pages_are_recognised_by_the_worker(fake_settings, tmp_path):

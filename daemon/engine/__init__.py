@@ -2,9 +2,11 @@
 
 One module per concern: :mod:`.results` (the plain data), :mod:`.images` (decoding),
 :mod:`.orientation` (which way up a page reads), :mod:`.paddle` (the PaddleOCR
-pipeline) and :mod:`.openvino` (OpenVINO as PaddleX's runtime on the CPU). Only
-:mod:`.paddle` and :mod:`.openvino` import PaddleOCR, PaddleX or OpenVINO, and only
-when an engine is built, so this package is cheap to import anywhere.
+pipeline), :mod:`.runtimes` (the PaddleX seam for CPU runtimes), :mod:`.onnxruntime`
+and :mod:`.openvino` (the two CPU runtimes) and :mod:`.threads` (lending idle cores).
+Only :mod:`.paddle` and the runtime modules import PaddleOCR, PaddleX, ONNX Runtime or
+OpenVINO, and only when an engine is built, so this package is cheap to import
+anywhere.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ __all__ = [
 ]
 
 
-def create_engine(settings: Settings, device: str) -> OcrEngine:
+def create_engine(settings: Settings, device: str, *, cpu_load_fd: int | None = None) -> OcrEngine:
     """Build the configured engine, in the calling (worker) process.
 
     ``ocr.engine`` is ``openvino``, ``onnxruntime`` or ``paddle`` for
     :class:`PaddleEngine`, or
     ``module:Class`` for a plugin class taking the same ``(settings, device)``
-    arguments (tests use this for scripted fake engines).
+    arguments (tests use this for scripted fake engines). ``cpu_load_fd``: see
+    :class:`PaddleEngine`.
 
     Raises:
         ModelError: the models cannot be found or loaded.
@@ -49,7 +52,7 @@ def create_engine(settings: Settings, device: str) -> OcrEngine:
     """
     name = settings.ocr.engine
     if name in ("openvino", "onnxruntime", "paddle"):
-        return PaddleEngine(settings, device)
+        return PaddleEngine(settings, device, cpu_load_fd=cpu_load_fd)
     module_name, _, class_name = name.partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(settings, device)

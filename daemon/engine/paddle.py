@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any
 
@@ -25,13 +26,16 @@ class PaddleEngine:
         settings: The configuration.
         device: PaddleOCR device string as the pinned process sees it (``cpu``,
             ``gpu:0``, ``npu:0``, ``xpu:0``).
+        cpu_load_fd: Descriptor of the worker pool's shared CPU load
+            (:class:`~.threads.CpuLoad`), through which an ``onnxruntime`` engine
+            borrows idle cores; ``None``: it runs on ``ocr.cpu_threads``.
 
     Raises:
         ModelError: a model directory is missing or corrupt, or the engine cannot run
             the configured model format.
     """
 
-    def __init__(self, settings: Settings, device: str) -> None:
+    def __init__(self, settings: Settings, device: str, *, cpu_load_fd: int | None = None) -> None:
         from paddleocr import PaddleOCR
 
         ocr = settings.ocr
@@ -51,7 +55,7 @@ class PaddleEngine:
         if ocr.textline_orientation:
             kwargs["textline_orientation_model_name"] = ocr.textline_orientation_model
             kwargs["textline_orientation_model_dir"] = _model_dir(settings, "textline")
-        kwargs.update(_runtime_arguments(settings))
+        kwargs.update(_runtime_arguments(settings, device, cpu_load_fd))
         try:
             self._pipeline = PaddleOCR(**kwargs)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:
@@ -72,48 +76,42 @@ class PaddleEngine:
         ]
 
 
-def _runtime_arguments(settings: Settings) -> dict[str, Any]:
+def _runtime_arguments(settings: Settings, device: str, cpu_load_fd: int | None) -> dict[str, Any]:
     """PaddleOCR arguments choosing the runtime of every model and its CPU threads.
 
-    ``openvino`` is no engine PaddleOCR accepts by name (``SUPPORTED_INFERENCE_ENGINE_LIST``),
-    so it is set per model in the PaddleX pipeline configuration, where a model's own
-    ``engine`` wins over the pipeline's (PaddleX ``BasePipeline._resolve_child_engine``).
+    ``paddle`` is PaddleOCR's own engine, and so is ``onnxruntime`` on an accelerator
+    (``onnxruntime-gpu``; ``openvino`` refuses one). The CPU runtimes (``onnxruntime``,
+    ``openvino``) are PaddleX engines scanhopper registers (:mod:`.runtimes`), no
+    engines PaddleOCR accepts by name (``SUPPORTED_INFERENCE_ENGINE_LIST``), so they are
+    set per model in the PaddleX pipeline configuration, where a model's own ``engine``
+    wins over the pipeline's (PaddleX ``BasePipeline._resolve_child_engine``).
     """
     ocr = settings.ocr
-    if ocr.engine == "onnxruntime":
-        # No memory arena and no memory pattern: ONNX Runtime then frees each call's
-        # buffers, and a worker idles at half the memory (456 against 914 MiB after
-        # ten 300 dpi pages) for 3% of speed (README.md, "Speed on the CPU").
-        return {
-            "engine": "onnxruntime",
-            "engine_config": {
-                "intra_op_num_threads": ocr.cpu_threads,
-                "inter_op_num_threads": 1,
-                "enable_cpu_mem_arena": False,
-                "enable_mem_pattern": False,
-            },
-        }
     if ocr.engine == "paddle":
         return {"engine": "paddle", "cpu_threads": ocr.cpu_threads}
+    if ocr.engine == "onnxruntime" and device != "cpu":  # PaddleX picks onnxruntime-gpu
+        return {"engine": "onnxruntime", "engine_config": {"intra_op_num_threads": ocr.cpu_threads}}
     from paddlex.inference import load_pipeline_config
 
     try:
-        from . import openvino
+        runtime = importlib.import_module(f".{ocr.engine}", __package__)
     except ImportError as exc:
         raise ModelError(
-            f"engine 'openvino' needs OpenVINO ({exc}): pip install 'scanhopper[openvino]'"
+            f"engine {ocr.engine!r} needs {exc.name or exc}: pip install 'scanhopper[{ocr.engine}]'"
         ) from exc
-
-    models = [ocr.det_model, ocr.rec_model]
-    roles = ["TextDetection", "TextRecognition"]
+    models = {"TextDetection": ocr.det_model, "TextRecognition": ocr.rec_model}
     if ocr.textline_orientation:
-        models.append(ocr.textline_orientation_model)
-        roles.append("TextLineOrientation")
-    openvino.register(models)
+        models["TextLineOrientation"] = ocr.textline_orientation_model
+    runtime.register(list(models.values()))
+    engine_config = {
+        "cpu_threads": ocr.cpu_threads,
+        "cpu_workers": max(settings.workers.devices.count("cpu"), 1),
+        "cpu_load_fd": cpu_load_fd,
+    }
     config = load_pipeline_config("OCR")
-    for role in roles:
-        config["SubModules"][role]["engine"] = openvino.ENGINE
-        config["SubModules"][role]["engine_config"] = {"cpu_threads": ocr.cpu_threads}
+    for role in models:
+        config["SubModules"][role]["engine"] = runtime.ENGINE
+        config["SubModules"][role]["engine_config"] = engine_config
     # an empty pipeline-wide config, merged under each model's own, keeps PaddleOCR's
     # Paddle defaults out of them
     return {"paddlex_config": config, "engine_config": {}}
