@@ -235,6 +235,49 @@ def test_an_upright_reading_that_does_not_run_left_to_right_is_not_kept():
     assert [line.text for line in result.lines] == ["second", "third", "fourth"]
 
 
+class _PoorSideways(_Sideways):
+    """A page turned a quarter whose sideways reading is poor (confidence 0.4): its
+    text runs ``upright_at`` degrees clockwise from upright. Turned that many degrees
+    clockwise it reads well; turned the other quarter it reads upside down, garbage.
+    The dark corner (top left as given) says which turn the engine got."""
+
+    def __init__(self, upright_at: int) -> None:
+        super().__init__()
+        self.upright_at = upright_at
+
+    def recognize(self, image):
+        self.calls += 1
+        if image.pixels.shape[:2] == (200, 300):  # as given
+            lines = self.sideways(self.upright[1:])
+            return [TextLine(line.text, 0.4, line.polygon) for line in lines]
+        turned_by = 90 if image.pixels[0, -1, 0] < 128 else 270  # corner top right: 90
+        if turned_by == self.upright_at:
+            return list(self.upright)
+        return [TextLine("~#", 0.4, line.polygon) for line in self.upright]
+
+
+def test_a_quarter_turned_page_that_reads_badly_sideways_is_read_turned_the_other_way():
+    """Text running upwards reads badly sideways: one reading turned 90 degrees, not
+    one turned 180 to find the way and another to set it upright."""
+    engine = _PoorSideways(upright_at=90)
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (2, 90)
+    assert [line.text for line in lines_in_reading_order(result)] == [
+        "Title",
+        "second",
+        "third",
+        "fourth",
+    ]
+    assert result.upright_lines() == engine.upright
+
+
+def test_a_poor_sideways_page_whose_text_runs_downwards_is_still_set_upright():
+    engine = _PoorSideways(upright_at=270)
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (3, 270)  # 90 tried first, read worse
+    assert result.upright_lines() == engine.upright
+
+
 def test_vertical_cjk_lines_or_too_few_votes_leave_the_page_as_it_is():
     columns = ["已取之時不參一人見而", "是非不得問之", "有評是是"]  # text_vertical_words.png
     assert page_rotation(_lines_running(90, columns)) == 0  # vertical writing

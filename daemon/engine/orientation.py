@@ -40,35 +40,63 @@ def read_page(engine: OcrEngine, image: PageImage, *, upside_down_confidence: fl
     """OCR one page, reading it again turned when it does not read upright, and say how
     the page must be turned to read upright (:func:`page_rotation`).
 
+    A page whose lines say it is turned a quarter (:func:`page_rotation` 90 or 270) is
+    read again turned upright (:func:`_read_upright`): the engine reads sideways lines,
+    but its text detection, at ``det_limit_side_len`` 1280, missed the large title lines
+    of ``pdf/cardinal.pdf``'s sideways pages that it found on the upright one.
+
     An upside-down page reads as garbage with a low mean line confidence (measured on
     ``pdf/cardinal.pdf``: 0.99 on its upright pages, 0.66 on its upside-down ones). A
     page of at least 3 lines whose mean confidence is below ``upside_down_confidence``
     is read again turned 180 degrees; the turned reading is kept when its mean
-    confidence is at least 0.1 higher. A page whose lines say it is turned a quarter
-    (:func:`page_rotation` 90 or 270) is read again turned upright, and that reading is
-    kept when its own lines run left to right: the engine reads sideways lines, but its
-    text detection, at ``det_limit_side_len`` 1280, missed the large title lines of
-    ``pdf/cardinal.pdf``'s sideways pages that it found on the upright one. Polygons
-    are always mapped back to the image's own pixels; pages that read upright are read
-    once.
+    confidence is at least 0.1 higher. Polygons are always mapped back to the image's
+    own pixels; pages that read upright are read once.
 
     Raises:
         EngineOutputError: as :func:`make_result`.
     """
     result = make_result(image, engine.recognize(image))
-    if (
-        len(result.lines) >= _ORIENTATION_MIN_LINES
-        and _mean_confidence(result) < upside_down_confidence
-    ):
+    rotation = page_rotation(result.lines)
+    if rotation in (90, 270):
+        return _read_upright(engine, image, result, upside_down_confidence)
+    if _reads_badly(result, upside_down_confidence):
         reread = _read_turned(engine, image, 180)
         if _mean_confidence(reread) >= _mean_confidence(result) + _UPSIDE_DOWN_MARGIN:
             result = dataclasses.replace(result, lines=reread.lines)
-    rotation = page_rotation(result.lines)
-    if rotation in (90, 270):
-        reread = _read_turned(engine, image, rotation)
-        if page_rotation(reread.lines) == rotation:
-            result = dataclasses.replace(result, lines=reread.lines)
+            rotation = page_rotation(result.lines)
     return dataclasses.replace(result, rotation=rotation)
+
+
+def _reads_badly(result: OcrResult, upside_down_confidence: float) -> bool:
+    return (
+        len(result.lines) >= _ORIENTATION_MIN_LINES
+        and _mean_confidence(result) < upside_down_confidence
+    )
+
+
+def _read_upright(
+    engine: OcrEngine, image: PageImage, sideways: OcrResult, upside_down_confidence: float
+) -> OcrResult:
+    """Read a page turned a quarter again, upright.
+
+    The engine reads a line at least 1.5 times taller than wide as running downwards
+    (:func:`~.paddle._text_polygon`), so ``sideways`` says the page needs 270 degrees.
+    When it reads badly, its lines run upwards instead: the page is read turned 90
+    degrees first, kept when that reading's mean confidence is at least 0.1 higher (one
+    reading fewer than turning it 180 degrees to find which way its lines run). A
+    reading turned 270 degrees is kept when its own lines run left to right too.
+    """
+    if _reads_badly(sideways, upside_down_confidence):
+        reread = _read_turned(engine, image, 90)
+        if (
+            page_rotation(reread.lines) == 90
+            and _mean_confidence(reread) >= _mean_confidence(sideways) + _UPSIDE_DOWN_MARGIN
+        ):
+            return dataclasses.replace(sideways, lines=reread.lines, rotation=90)
+    reread = _read_turned(engine, image, 270)
+    if page_rotation(reread.lines) == 270:
+        return dataclasses.replace(sideways, lines=reread.lines, rotation=270)
+    return dataclasses.replace(sideways, rotation=270)
 
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
