@@ -3,12 +3,15 @@
 Every page of ``../shared/corpus`` (each image; each page of each PDF, made as the
 daemon makes it: rasterised at ``output.render_dpi`` within ``output.max_pixels``,
 ``enormous.pdf``, ``2400dpi.pdf`` and ``hugemono.pdf`` among them) and a 6000 px
-photo-sized page (``typewriter.png`` enlarged to 6000 x 4296 px, JPEG) is read by one
-CPU worker on the built-in defaults, with recycling off so each figure is the page's
-own. Before each page the worker's peak RSS is reset (``/proc/PID/clear_refs``, 5);
-after it the script prints the page's pixels, the worker's seconds, its peak RSS
-during the page (``VmHWM``) and its RSS once idle (``VmRSS``, after the worker gave
-freed heap back), in MiB, then the largest of each. Targets (issue 9): peak under
+photo-sized page (``typewriter.png`` enlarged to 6000 x 4296 px, JPEG) is read on the
+built-in defaults (``workers.devices = "auto"``), with recycling off so each figure is
+the page's own. Pages are sent one at a time, so the first worker reads them all, and
+alone: it borrows the other workers' cores (``daemon.engine.threads``), holding its
+models for both thread counts, the most a CPU worker holds. Before each page the
+worker's peak RSS is reset (``/proc/PID/clear_refs``, 5); after it the script prints
+the page's pixels, the worker's seconds, its peak RSS during the page (``VmHWM``) and
+its RSS once idle (``VmRSS``, after the worker gave freed heap back), in MiB, then the
+largest of each. Targets (issue 9): peak under
 1536 MiB on every page; an idle worker above ``workers.recycle_rss_mb`` (printed) is
 restarted by default after its page.
 
@@ -75,7 +78,8 @@ async def _measure(settings: Settings, pages: list[tuple[str, Path, int]]) -> No
             print(f"{label[:28]:28} {size:>13} {seconds:>8} {peaks[-1]:9.0f} {idles[-1]:9.0f}")
     print(f"largest: peak {max(peaks):.0f} MiB (target < 1536), idle {max(idles):.0f} MiB")
     print(
-        f"engine {settings.ocr.engine}, {settings.ocr.cpu_threads} threads, "
+        f"engine {settings.ocr.engine}, {len(settings.workers.devices)} workers x "
+        f"{settings.ocr.cpu_threads} threads, "
         f"det {settings.ocr.det_limit_side_len}/{settings.ocr.det_limit_type}, rec batch "
         f"{settings.ocr.rec_batch_size}; recycle_rss_mb by default "
         f"{Settings().workers.recycle_rss_mb}"
@@ -91,7 +95,7 @@ def main() -> None:
     settings = Settings.model_validate(
         {
             "folders": {"state": str(work / "state")},
-            "workers": {"devices": ["cpu"], "recycle_rss_mb": 0, "page_timeout": 1200},
+            "workers": {"recycle_rss_mb": 0, "page_timeout": 1200},
         }
     )
     pages = _pages(settings, work / "pages", options.pages)

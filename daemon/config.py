@@ -226,8 +226,10 @@ class OcrSettings(_Strict):
     """``max``: the longest side is scaled down to ``det_limit_side_len``; ``min``: the
     shortest side is scaled up to it."""
     cpu_threads: int = Field(ge=1, le=256)
-    """Threads each CPU worker may use for inference. Unset: the machine's usable cores
-    shared evenly among the CPU workers (:func:`available_cores`)."""
+    """Threads each CPU worker uses for inference. Unset: the machine's usable cores
+    shared evenly among the CPU workers (:func:`available_cores`). Under
+    ``onnxruntime``, a worker reading a page while other CPU workers idle borrows their
+    threads, up to four times its own (:mod:`daemon.engine.threads`)."""
 
 
 class OutputSettings(_Strict):

@@ -27,8 +27,8 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -294,14 +294,26 @@ class WorkerPool:
         """Current worker process id per slot index (``None`` while restarting)."""
         self._ids = count()
         self._queues = _SlotQueues(len(self.slots), settings.workers.queue_depth)
-        self.cpu_load = CpuLoad.create()
-        """CPU workers reading a page, shared with them (closed by
+        self.cpu_load = _share_cpu_load(sum(slot.kind == "cpu" for slot in self.slots))
+        """How many CPU workers are reading a page, shared with them (``None`` with
+        fewer than two CPU workers: no core to lend; closed by
         :func:`open_worker_pool`)."""
+        self._cpu_reading = 0
 
-    def _count_cpu_load(self) -> None:
-        """Tell the CPU workers how many of them are reading a page now."""
-        busy = zip(self.slots, self._queues.busy, strict=True)
-        self.cpu_load.set(sum(taken for slot, taken in busy if slot.kind == "cpu"))
+    @contextmanager
+    def _reading(self, worker: _Worker) -> Iterator[None]:
+        """Count ``worker`` among the CPU workers reading a page (:attr:`cpu_load`)
+        while the block runs."""
+        counted = self.cpu_load is not None and worker.slot.kind == "cpu"
+        if counted:
+            self._cpu_reading += 1
+            self.cpu_load.set(self._cpu_reading)
+        try:
+            yield
+        finally:
+            if counted:
+                self._cpu_reading -= 1
+                self.cpu_load.set(self._cpu_reading)
 
     def queued(self) -> dict[str, int]:
         """Pages waiting in each slot's queue, by slot (``gpu:0``, or ``cpu#2`` for the
@@ -353,7 +365,7 @@ class WorkerPool:
             "PADDLE_PDX_CACHE_HOME": str(self.settings.cache_dir / "paddlex"),
             "PADDLE_PDX_DISABLE_MODEL_SOURCE_CHECK": "True",
         }
-        load_fd = self.cpu_load.fd if slot.kind == "cpu" else -1
+        load_fd = self.cpu_load.fd if self.cpu_load and slot.kind == "cpu" else -1
         process = await anyio.open_process(
             [
                 sys.executable,
@@ -468,14 +480,12 @@ class WorkerPool:
                     wait = RESTART_SECONDS[0]
                 if job is None:
                     job = await self._next_job(index, worker)
-                    self._count_cpu_load()
                 if job is None and worker.alive():
                     return
                 usable = job is not None and await self._try_job(worker, job)
                 if job is not None and job.done.is_set():
                     job = None
                     self._queues.release(index)
-                    self._count_cpu_load()
                 if usable:
                     continue
                 self.pids[index] = None
@@ -516,7 +526,8 @@ class WorkerPool:
         """
         with structlog.contextvars.bound_contextvars(device=worker.slot.name, page=str(job.path)):
             try:
-                return await self._run_job(worker, job)
+                with self._reading(worker):
+                    return await self._run_job(worker, job)
             except _WorkerLostError as exc:
                 log.warning("worker_lost_before_page", reason=str(exc))
                 return False
@@ -524,6 +535,19 @@ class WorkerPool:
     def close(self) -> None:
         """Take no more pages; the workers finish the queued ones, then stop."""
         self._queues.close()
+
+
+def _share_cpu_load(cpu_workers: int) -> CpuLoad | None:
+    """The count through which CPU workers lend each other idle cores, or ``None``
+    when there is no other CPU worker to lend one, or the kernel refuses the shared
+    memory (the workers then keep their own threads; logged)."""
+    if cpu_workers < 2:
+        return None
+    try:
+        return CpuLoad.create()
+    except OSError as exc:
+        log.warning("cpu_load_unavailable", error=str(exc), effect="no core lending")
+        return None
 
 
 @asynccontextmanager
@@ -554,7 +578,8 @@ async def open_worker_pool(settings: Settings) -> AsyncIterator[WorkerPool]:
             raise pool.fatal from None
         raise
     finally:
-        pool.cpu_load.close()
+        if pool.cpu_load is not None:
+            pool.cpu_load.close()
 
 
 def _read_request(engine: OcrEngine, settings: Settings, request: dict[str, Any]) -> dict:

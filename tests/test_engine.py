@@ -236,14 +236,17 @@ def test_an_upright_reading_that_does_not_run_left_to_right_is_not_kept():
 
 
 class _PoorSideways(_Sideways):
-    """A page turned a quarter whose sideways reading is poor (confidence 0.4): its
-    text runs ``upright_at`` degrees clockwise from upright. Turned that many degrees
-    clockwise it reads well; turned the other quarter it reads upside down, garbage.
-    The dark corner (top left as given) says which turn the engine got."""
+    """A page turned a quarter whose sideways reading is poor (confidence 0.4), read by
+    an engine that takes every sideways line as running downwards. Its text runs
+    ``upright_at`` degrees clockwise from upright: turned that many degrees clockwise
+    it reads ``upright_confidence``; turned the other quarter it reads upside down,
+    garbage at 0.66 (``pdf/cardinal.pdf``'s upside-down page). The dark corner (top left
+    as given) says which turn the engine got."""
 
-    def __init__(self, upright_at: int) -> None:
+    def __init__(self, upright_at: int, upright_confidence: float = 0.95) -> None:
         super().__init__()
         self.upright_at = upright_at
+        self.upright_confidence = upright_confidence
 
     def recognize(self, image):
         self.calls += 1
@@ -252,8 +255,8 @@ class _PoorSideways(_Sideways):
             return [TextLine(line.text, 0.4, line.polygon) for line in lines]
         turned_by = 90 if image.pixels[0, -1, 0] < 128 else 270  # corner top right: 90
         if turned_by == self.upright_at:
-            return list(self.upright)
-        return [TextLine("~#", 0.4, line.polygon) for line in self.upright]
+            return [TextLine(ln.text, self.upright_confidence, ln.polygon) for ln in self.upright]
+        return [TextLine("~#", 0.66, line.polygon) for line in self.upright]
 
 
 def test_a_quarter_turned_page_that_reads_badly_sideways_is_read_turned_the_other_way():
@@ -268,14 +271,39 @@ def test_a_quarter_turned_page_that_reads_badly_sideways_is_read_turned_the_othe
         "third",
         "fourth",
     ]
-    assert result.upright_lines() == engine.upright
+    assert [line.text for line in result.upright_lines()] == [ln.text for ln in engine.upright]
 
 
-def test_a_poor_sideways_page_whose_text_runs_downwards_is_still_set_upright():
-    engine = _PoorSideways(upright_at=270)
+@pytest.mark.parametrize("upright_confidence", [0.95, 0.75])
+def test_a_poor_sideways_page_whose_text_runs_downwards_is_still_set_upright(
+    upright_confidence,
+):
+    """Turned 90 degrees it reads upside down (0.66, better than sideways): the reading
+    turned 270 is read too and kept, also when it reads poorly itself (0.75)."""
+    engine = _PoorSideways(upright_at=270, upright_confidence=upright_confidence)
     result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
-    assert (engine.calls, result.rotation) == (3, 270)  # 90 tried first, read worse
-    assert result.upright_lines() == engine.upright
+    assert (engine.calls, result.rotation) == (3, 270)
+    assert [line.text for line in result.upright_lines()] == [ln.text for ln in engine.upright]
+
+
+def test_an_engine_that_says_its_sideways_lines_run_upwards_is_read_turned_90():
+    """The way a sideways line runs is the engine's to say (a plugin engine may order
+    its polygons so): lines running upwards, read well, are read again turned 90."""
+
+    class Upwards(_PoorSideways):
+        def recognize(self, image):
+            if image.pixels.shape[:2] != (200, 300):
+                return super().recognize(image)
+            self.calls += 1  # as given: the upright page turned a quarter anticlockwise
+            return [
+                TextLine(line.text, 0.95, tuple((y, 200 - x) for x, y in line.polygon))
+                for line in self.upright[1:]
+            ]
+
+    engine = Upwards(upright_at=90)
+    result = read_page(engine, _page_with_dark_corner(True), upside_down_confidence=0.8)
+    assert (engine.calls, result.rotation) == (2, 90)
+    assert [line.text for line in result.upright_lines()] == [ln.text for ln in engine.upright]
 
 
 def test_vertical_cjk_lines_or_too_few_votes_leave_the_page_as_it_is():
@@ -421,15 +449,25 @@ def test_openvino_refuses_an_accelerator(shared_state):
     ],
 )
 def test_lent_threads_share_the_idle_workers_cores(own, workers, busy, threads):
-    from daemon.engine.threads import lent_threads
+    from daemon.engine.threads import lent_threads, thread_counts
 
     assert lent_threads(own, workers, busy) == threads
     assert lent_threads(own, workers, busy) <= own * workers
+    assert threads in thread_counts(own, workers)
+
+
+def test_thread_counts_are_the_sessions_a_runner_loads():
+    from daemon.engine.threads import thread_counts
+
+    assert thread_counts(1, 1) == [1]
+    assert thread_counts(1, 2) == [1, 2]
+    assert thread_counts(2, 8) == [2, 4, 8]
+    assert thread_counts(1, 64) == [1, 2, 4]
 
 
 def test_the_onnxruntime_runner_follows_the_shared_cpu_load(shared_state):
     """Each call runs on the threads the pool's count allows, each thread count its own
-    session made when first needed, and the results do not depend on it."""
+    session, and the results do not depend on it."""
     from daemon.engine.onnxruntime import OnnxRuntimeRunner
     from daemon.engine.runtimes import CpuRuntimeConfig
     from daemon.engine.threads import CpuLoad

@@ -58,12 +58,14 @@ def read_page(engine: OcrEngine, image: PageImage, *, upside_down_confidence: fl
     result = make_result(image, engine.recognize(image))
     rotation = page_rotation(result.lines)
     if rotation in (90, 270):
-        return _read_upright(engine, image, result, upside_down_confidence)
+        return _read_upright(engine, image, result, rotation, upside_down_confidence)
     if _reads_badly(result, upside_down_confidence):
         reread = _read_turned(engine, image, 180)
         if _mean_confidence(reread) >= _mean_confidence(result) + _UPSIDE_DOWN_MARGIN:
             result = dataclasses.replace(result, lines=reread.lines)
             rotation = page_rotation(result.lines)
+            if rotation in (90, 270):
+                return _read_upright(engine, image, result, rotation, upside_down_confidence)
     return dataclasses.replace(result, rotation=rotation)
 
 
@@ -75,28 +77,38 @@ def _reads_badly(result: OcrResult, upside_down_confidence: float) -> bool:
 
 
 def _read_upright(
-    engine: OcrEngine, image: PageImage, sideways: OcrResult, upside_down_confidence: float
+    engine: OcrEngine,
+    image: PageImage,
+    sideways: OcrResult,
+    rotation: int,
+    upside_down_confidence: float,
 ) -> OcrResult:
-    """Read a page turned a quarter again, upright.
+    """Read a page turned a quarter again, upright; ``sideways`` is its reading as
+    given, whose lines say it needs ``rotation`` (90 or 270) degrees.
 
-    The engine reads a line at least 1.5 times taller than wide as running downwards
-    (:func:`~.paddle._text_polygon`), so ``sideways`` says the page needs 270 degrees.
-    When it reads badly, its lines run upwards instead: the page is read turned 90
-    degrees first, kept when that reading's mean confidence is at least 0.1 higher (one
-    reading fewer than turning it 180 degrees to find which way its lines run). A
-    reading turned 270 degrees is kept when its own lines run left to right too.
+    A sideways line says which way it runs only by how the engine orders its polygon:
+    PaddleOCR reads every line 1.5 times taller than wide as running downwards
+    (:func:`~.paddle._text_polygon`). When ``sideways`` reads badly, its lines may run
+    the other way, so the page is read turned the other quarter first, and that
+    reading is kept if it reads well: a page whose text runs upwards is then read
+    twice, not three times (turned 180 degrees only to learn which way it runs). Else
+    the page is read turned ``rotation`` too, and of the readings whose own lines run
+    left to right (an upside-down reading's lines do too) the one with the higher mean
+    confidence is kept; with neither, ``sideways`` stays.
     """
-    if _reads_badly(sideways, upside_down_confidence):
-        reread = _read_turned(engine, image, 90)
-        if (
-            page_rotation(reread.lines) == 90
-            and _mean_confidence(reread) >= _mean_confidence(sideways) + _UPSIDE_DOWN_MARGIN
-        ):
-            return dataclasses.replace(sideways, lines=reread.lines, rotation=90)
-    reread = _read_turned(engine, image, 270)
-    if page_rotation(reread.lines) == 270:
-        return dataclasses.replace(sideways, lines=reread.lines, rotation=270)
-    return dataclasses.replace(sideways, rotation=270)
+    turns = (360 - rotation, rotation) if _reads_badly(sideways, upside_down_confidence) else ()
+    readings = []
+    for degrees in turns or (rotation,):
+        reread = _read_turned(engine, image, degrees)
+        if page_rotation(reread.lines) != degrees:
+            continue
+        if turns and not _reads_badly(reread, upside_down_confidence):
+            return dataclasses.replace(sideways, lines=reread.lines, rotation=degrees)
+        readings.append((_mean_confidence(reread), degrees, reread.lines))
+    if not readings:
+        return dataclasses.replace(sideways, rotation=rotation)
+    _, degrees, lines = max(readings, key=lambda reading: reading[0])
+    return dataclasses.replace(sideways, lines=lines, rotation=degrees)
 
 
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")

@@ -90,14 +90,23 @@ def _runtime_arguments(settings: Settings, device: str, cpu_load_fd: int | None)
     if ocr.engine == "paddle":
         return {"engine": "paddle", "cpu_threads": ocr.cpu_threads}
     if ocr.engine == "onnxruntime" and device != "cpu":  # PaddleX picks onnxruntime-gpu
-        return {"engine": "onnxruntime", "engine_config": {"intra_op_num_threads": ocr.cpu_threads}}
+        return {
+            "engine": "onnxruntime",
+            "engine_config": {
+                "intra_op_num_threads": ocr.cpu_threads,
+                "inter_op_num_threads": 1,
+                "enable_cpu_mem_arena": False,
+                "enable_mem_pattern": False,
+            },
+        }
     from paddlex.inference import load_pipeline_config
 
     try:
         runtime = importlib.import_module(f".{ocr.engine}", __package__)
     except ImportError as exc:
+        extra = "'scanhopper[openvino]'" if ocr.engine == "openvino" else "scanhopper"
         raise ModelError(
-            f"engine {ocr.engine!r} needs {exc.name or exc}: pip install 'scanhopper[{ocr.engine}]'"
+            f"engine {ocr.engine!r} needs {exc.name or exc}: pip install {extra}"
         ) from exc
     models = {"TextDetection": ocr.det_model, "TextRecognition": ocr.rec_model}
     if ocr.textline_orientation:

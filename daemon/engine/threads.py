@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 
-__all__ = ["MAX_LENT_FACTOR", "CpuLoad", "lent_threads"]
+__all__ = ["MAX_LENT_FACTOR", "CpuLoad", "lent_threads", "thread_counts"]
 
 MAX_LENT_FACTOR = 4
 """A worker runs on at most this many times its own threads: each thread count is one
@@ -84,7 +84,9 @@ def lent_threads(own: int, workers: int, busy: int) -> int:
     Its ``own`` threads times the share of the ``workers`` CPU workers' cores left to
     each of the ``busy`` ones, rounded down to a power of two and capped at
     :data:`MAX_LENT_FACTOR`: 2 workers of 1 thread, one busy: 2 threads; both busy: 1.
-    The total never exceeds ``own * workers``, the cores configured for CPU workers.
+    Chosen so, the threads of all calls started on one count stay within ``own *
+    workers``, the cores configured for CPU workers (a call already running when the
+    count rises finishes on the threads it started with).
 
     Args:
         own: The worker's own threads (``ocr.cpu_threads``), at least 1.
@@ -96,3 +98,10 @@ def lent_threads(own: int, workers: int, busy: int) -> int:
     while factor * 2 <= min(share, MAX_LENT_FACTOR):
         factor *= 2
     return own * factor
+
+
+def thread_counts(own: int, workers: int) -> list[int]:
+    """Every thread count :func:`lent_threads` can give a worker of ``own`` threads
+    among ``workers`` CPU workers, smallest first: ``own`` times 1, 2, 4 ... up to
+    the cap."""
+    return sorted({lent_threads(own, workers, busy) for busy in range(1, workers + 1)})
