@@ -257,10 +257,17 @@ class _Daemon:
         part.rename(self.inbox / f"{name}.pdf")
         wait_for(is_published, timeout, f"{name} published")
         seconds = time.perf_counter() - started
-        with sqlite3.connect(f"file:{self.state / 'state.db'}?mode=ro", uri=True) as conn:
-            row = conn.execute(
-                "SELECT state, error FROM document_status WHERE path = ?", [f"{name}.pdf"]
-            ).fetchone()
+        row = None
+
+        def is_recorded() -> bool:  # the PDF is published first, then recorded done
+            nonlocal row
+            with sqlite3.connect(f"file:{self.state / 'state.db'}?mode=ro", uri=True) as conn:
+                row = conn.execute(
+                    "SELECT state, error FROM document_status WHERE path = ?", [f"{name}.pdf"]
+                ).fetchone()
+            return row is not None and row[0] != "publishing"
+
+        wait_for(is_recorded, 60, f"{name} recorded")
         error = None if row and row[0] == "done" else f"document {row}"
         return seconds, error
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from .runtimes import CpuRuntimeConfig, CpuRuntimeEngine, bind, model_inputs
+from .runtimes import CpuRuntimeConfig, CpuRuntimeEngine, model_inputs
 from .threads import CpuLoad, lent_threads, thread_counts
 
-__all__ = ["ENGINE", "OnnxRuntimeEngine", "OnnxRuntimeRunner", "register"]
+__all__ = ["ENGINE", "OnnxRuntimeEngine", "OnnxRuntimeRunner"]
 
 ENGINE = "scanhopper_onnxruntime"
 """The PaddleX engine name this module registers."""
@@ -82,12 +82,3 @@ class OnnxRuntimeEngine(CpuRuntimeEngine):
 
     entities = ENGINE
     runner = OnnxRuntimeRunner
-
-
-def register(model_names: list[str]) -> None:
-    """Bind ``model_names`` to this engine (:func:`~.runtimes.bind`).
-
-    Raises:
-        ValueError: a model has no ``onnxruntime`` binding in PaddleX.
-    """
-    bind(ENGINE, model_names)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import openvino
 
-from .runtimes import CpuRuntimeConfig, CpuRuntimeEngine, bind, model_inputs
+from .runtimes import CpuRuntimeConfig, CpuRuntimeEngine, model_inputs
 
-__all__ = ["ENGINE", "OpenVINOEngine", "OpenVINORunner", "register"]
+__all__ = ["ENGINE", "OpenVINOEngine", "OpenVINORunner"]
 
 ENGINE = "openvino"
 """The PaddleX engine name this module registers."""
@@ -63,12 +63,3 @@ class OpenVINOEngine(CpuRuntimeEngine):
 
     entities = ENGINE
     runner = OpenVINORunner
-
-
-def register(model_names: list[str]) -> None:
-    """Bind ``model_names`` to the ``openvino`` engine (:func:`~.runtimes.bind`).
-
-    Raises:
-        ValueError: a model has no ``onnxruntime`` binding in PaddleX.
-    """
-    bind(ENGINE, model_names)

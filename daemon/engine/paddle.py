@@ -101,6 +101,8 @@ def _runtime_arguments(settings: Settings, device: str, cpu_load_fd: int | None)
         }
     from paddlex.inference import load_pipeline_config
 
+    from .runtimes import bind
+
     try:
         runtime = importlib.import_module(f".{ocr.engine}", __package__)
     except ImportError as exc:
@@ -111,7 +113,7 @@ def _runtime_arguments(settings: Settings, device: str, cpu_load_fd: int | None)
     models = {"TextDetection": ocr.det_model, "TextRecognition": ocr.rec_model}
     if ocr.textline_orientation:
         models["TextLineOrientation"] = ocr.textline_orientation_model
-    runtime.register(list(models.values()))
+    bind(runtime.ENGINE, list(models.values()))
     engine_config = {
         "cpu_threads": ocr.cpu_threads,
         "cpu_workers": max(settings.workers.devices.count("cpu"), 1),
