@@ -5,13 +5,13 @@ daemon makes it: rasterised at ``output.render_dpi`` within ``output.max_pixels`
 ``enormous.pdf``, ``2400dpi.pdf`` and ``hugemono.pdf`` among them) and a 6000 px
 photo-sized page (``typewriter.png`` enlarged to 6000 x 4296 px, JPEG) is read on the
 built-in defaults (``workers.devices = "auto"``), with recycling off so each figure is
-the page's own. Pages are sent one at a time, so the first worker reads them all, and
-alone: it borrows the other workers' cores (``daemon.engine.threads``), holding its
-models for both thread counts, the most a CPU worker holds. Before each page the
+the page's own. Pages are sent one at a time, so each is read alone: its worker
+borrows the other workers' cores (``daemon.engine.threads``), and every worker holds
+its models for each thread count, the most a CPU worker holds. Before each page every
 worker's peak RSS is reset (``/proc/PID/clear_refs``, 5); after it the script prints
-the page's pixels, the worker's seconds, its peak RSS during the page (``VmHWM``) and
-its RSS once idle (``VmRSS``, after the worker gave freed heap back), in MiB, then the
-largest of each. Targets (issue 9): peak under
+the page's pixels, the worker's seconds, the largest worker peak RSS during the page
+(``VmHWM``; the others idled) and the largest RSS once idle (``VmRSS``, after the
+worker gave freed heap back), in MiB, then the largest of each. Targets (issue 9): peak under
 1536 MiB on every page; an idle worker above ``workers.recycle_rss_mb`` (printed) is
 restarted by default after its page.
 
@@ -63,8 +63,9 @@ async def _measure(settings: Settings, pages: list[tuple[str, Path, int]]) -> No
     print(f"{'page':28} {'pixels':>13} {'seconds':>8} {'peak MiB':>9} {'idle MiB':>9}")
     async with open_worker_pool(settings) as pool:
         for label, image, frame in pages:
-            pid = pool.pids[0]
-            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            pids = [pid for pid in pool.pids.values() if pid is not None]
+            for pid in pids:
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
             with Image.open(image) as im:
                 im.seek(frame)
                 size = f"{im.width}x{im.height}"
@@ -73,8 +74,8 @@ async def _measure(settings: Settings, pages: list[tuple[str, Path, int]]) -> No
                 seconds = f"{result.seconds:8.2f}"
             except Exception as exc:  # a bad page is a figure too
                 seconds = type(exc).__name__[:8]
-            peaks.append(status_mb(pid, "VmHWM"))
-            idles.append(status_mb(pid, "VmRSS"))
+            peaks.append(max(status_mb(pid, "VmHWM") for pid in pids))
+            idles.append(max(status_mb(pid, "VmRSS") for pid in pids))
             print(f"{label[:28]:28} {size:>13} {seconds:>8} {peaks[-1]:9.0f} {idles[-1]:9.0f}")
     print(f"largest: peak {max(peaks):.0f} MiB (target < 1536), idle {max(idles):.0f} MiB")
     print(
