@@ -379,6 +379,24 @@ def test_the_paddle_engine_is_built_for_the_pinned_accelerator(tmp_path, monkeyp
     assert seen["text_detection_model_dir"] == str(tmp_path / "det")
 
 
+def test_an_onnx_file_runtime_cannot_load_is_a_model_error_naming_it(tmp_path, shared_state):
+    """A recognition directory that passes the file checks but whose ``inference.onnx``
+    is no model: the worker's start fails with a ModelError naming the file."""
+    import shutil
+
+    from daemon.engine import PaddleEngine
+    from daemon.models import ModelError
+
+    rec = tmp_path / "rec"
+    shutil.copytree(shared_state / "models" / "PP-OCRv6_small_rec", rec)
+    (rec / "inference.onnx").write_bytes(b"not a model, but not empty either")
+    settings = Settings.model_validate(
+        {"folders": {"state": str(shared_state)}, "ocr": {"rec_model_dir": str(rec)}}
+    )
+    with pytest.raises(ModelError, match=r"ONNX Runtime cannot load .*rec/inference\.onnx"):
+        PaddleEngine(settings, "cpu")
+
+
 def test_the_paddle_engine_refuses_the_builtin_onnx_models(tmp_path, shared_state):
     from daemon.engine import PaddleEngine
     from daemon.models import ModelError

@@ -5,9 +5,9 @@ PaddleX's own ``onnxruntime`` engine builds one session with a fixed thread coun
 cannot set session configuration entries. :class:`OnnxRuntimeRunner` loads one
 session per thread count :func:`~.threads.lent_threads` can choose (at most three;
 two for two workers: 31 MB more of PP-OCRv6 small models each) and runs each call on
-the one the pool's CPU load allows; its thread pools do
-not spin (``session.intra_op.allow_spinning = 0``), since two workers' spinning
-threads on two cores halved their throughput (0.420 against 0.646 pages/s).
+the one the pool's CPU load allows. Its thread pools do not spin
+(``session.intra_op.allow_spinning = 0``): two workers' spinning threads on two cores
+halved their throughput (0.420 against 0.646 pages/s).
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ class OnnxRuntimeRunner:
     speed (README.md, "Speed on the CPU").
 
     Raises:
-        onnxruntime.capi.onnxruntime_pybind11_state.Fail: (when built) the file is no
-            ONNX model ONNX Runtime can load.
+        RuntimeError: (when built) the file is no ONNX model ONNX Runtime can load.
     """
 
     def __init__(self, model_path: Path, config: CpuRuntimeConfig) -> None:
@@ -58,7 +57,12 @@ class OnnxRuntimeRunner:
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return onnxruntime.InferenceSession(self._path, options, providers=["CPUExecutionProvider"])
+        try:
+            return onnxruntime.InferenceSession(
+                self._path, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime's own errors derive from Exception only
+            raise RuntimeError(f"ONNX Runtime cannot load {self._path}: {exc}") from exc
 
     def threads(self) -> int:
         """Threads the next call runs on (:func:`~.threads.lent_threads`)."""
