@@ -31,7 +31,7 @@ import pymupdf
 
 from bench.daemon import CORPUS
 from bench.groundtruth import generate
-from daemon.config import Settings, auto_cpu_workers, available_cores
+from daemon.config import Settings, auto_cpu_workers, available_cores, available_memory
 from daemon.engine import create_engine, load_page_image, read_page
 from daemon.logs import configure_logging
 from daemon.workers import open_worker_pool
@@ -113,7 +113,7 @@ def main() -> None:
             f"pool {w} worker(s) x {cores // w} thread(s)   : {n / seconds[w]:6.3f} pages/s  "
             f"vs bare {bare / seconds[w]:.3f}  vs best {best / seconds[w]:.3f}"
         )
-    auto = auto_cpu_workers(cores)
+    auto = auto_cpu_workers(cores, available_memory())
     print(f"auto: {auto} worker(s) x {cores // auto} thread(s), {best / seconds[auto]:.3f} of best")
 
 

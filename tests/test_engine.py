@@ -503,6 +503,13 @@ def test_the_onnxruntime_runner_follows_the_shared_cpu_load(shared_state):
             outputs[threads] = runner([line])
         assert sorted(runner._sessions) == [1, 2]
         assert np.allclose(outputs[1][0], outputs[2][0], atol=1e-5)
+        spinning = "session.intra_op.allow_spinning"
+        for session in runner._sessions.values():  # beside another worker: no spinning
+            assert session.get_session_options().get_session_config_entry(spinning) == "0"
+        alone = OnnxRuntimeRunner(model, CpuRuntimeConfig(cpu_threads=2))
+        assert list(alone._sessions) == [2]
+        options = alone._sessions[2].get_session_options()
+        assert options.get_session_config_entry(spinning) == "1"
         with pytest.raises(ValueError, match="takes 1 inputs"):
             runner([line, line])
     finally:

@@ -5,9 +5,11 @@ PaddleX's own ``onnxruntime`` engine builds one session with a fixed thread coun
 cannot set session configuration entries. :class:`OnnxRuntimeRunner` loads one
 session per thread count :func:`~.threads.lent_threads` can choose (at most three;
 two for two workers: 31 MB more of PP-OCRv6 small models each) and runs each call on
-the one the pool's CPU load allows. Its thread pools do not spin
-(``session.intra_op.allow_spinning = 0``): two workers' spinning threads on two cores
-halved their throughput (0.420 against 0.646 pages/s).
+the one the pool's CPU load allows. Beside other CPU workers its thread pools do not
+spin (``session.intra_op.allow_spinning = 0``): two workers' spinning threads on two
+cores halved their throughput (0.420 against 0.646 pages/s). A lone CPU worker's
+threads spin, ONNX Runtime's default (recognition alone: 21.8 lines/s spinning, 21.6
+not, on 2 threads).
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class OnnxRuntimeRunner:
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        spinning = "1" if self._config.cpu_workers == 1 else "0"  # no sibling to slow down
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         try:
             return onnxruntime.InferenceSession(
                 self._path, options, providers=["CPUExecutionProvider"]
