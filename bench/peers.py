@@ -6,7 +6,12 @@ temp dir; ``SCANHOPPER_*`` variables are dropped). With ``--before`` a second da
 ``scanhopper-before``, runs too, on scanhopper's previous defaults: its config file
 adds ``ocr.engine = "onnxruntime"``, ``det_limit_side_len = 64``, ``det_limit_type =
 "min"`` (PaddleX's own), ``rec_batch_size = 8``, ``cpu_threads = 2``,
-``workers.devices = ["cpu"]`` and ``recycle_rss_mb = 0``. Each
+``workers.devices = ["cpu"]`` and ``recycle_rss_mb = 0``: today's code on the old
+settings. With ``--release REV`` one more daemon, ``scanhopper@REV``, runs scanhopper's
+own code at git revision ``REV`` (its ``daemon`` package, taken with ``git archive``
+into the work folder, run from there, in this environment) on that
+code's built-in defaults: for example ``--release 346f2a9``, the last commit before
+issue 9's work, is "today's defaults" as that issue measured them. Each
 round starts fresh daemons (fresh state, so no page's OCR is reused from an earlier
 round), waits for ``daemon_ready`` and publishes a one-page warm-up PDF to each, so
 model loading is not timed. A timing is then from renaming the PDF into the inbox to
@@ -26,7 +31,8 @@ only; Tesseract reads them as ``eng``, ``francais.pdf`` as ``fra``).
 Prints, per set and in total: pages; seconds (median of ``--rounds`` runs; within a
 round the tools' order is reversed from set to set, and flips each round, so drift
 hits all) and pages/s of each tool; the speed ratio ``scanhopper/tesseract`` and, with
-``--before``, ``scanhopper/scanhopper-before`` (pages/s over pages/s: above 1,
+``--before`` and ``--release``, ``scanhopper/scanhopper-before`` and
+``scanhopper/scanhopper@REV`` (pages/s over pages/s: above 1,
 scanhopper is faster); the output file size of each (not like for like against
 Tesseract: scanhopper keeps the scan's own JPEG bytes, while OCRmyPDF's
 ``--force-ocr`` output holds each page rasterised again and re-encoded, grey JPEGs
@@ -48,7 +54,8 @@ Needs ``pip install 'scanhopper[bench]'`` and Tesseract with its language data
 something is missing it says what to install and exits with status 2.
 
 Usage, from the repository root:
-``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick] [--before]``
+``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick] [--before]
+[--release REV]``
 (``--quick``: one round on the English ground-truth set, a smoke test).
 """
 
@@ -56,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -64,9 +72,9 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-import tomllib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -97,6 +105,17 @@ _CONFIGS = {
 built-in defaults), and for ``--before`` the defaults before issue 9 (nearly full
 resolution detection, recognition in batches of 8, one worker x 2 threads, no worker
 recycling)."""
+
+_RESOLVED = """
+import json, sys, tomllib
+from daemon import __version__
+from daemon.config import Settings
+s = Settings.model_validate(tomllib.loads(sys.argv[1]))
+print(json.dumps([__version__, [str(d) for d in s.workers.devices], s.ocr.cpu_threads,
+    s.ocr.engine, s.ocr.det_limit_side_len, s.ocr.det_limit_type, s.intake.stable_seconds]))
+"""
+"""Prints, as JSON, what a scanhopper's ``Settings`` resolve to from the config in
+``argv[1]``, run by the Python of that scanhopper's own code."""
 
 _DEBIAN_LANGUAGE = {"eng": "tesseract-ocr-eng", "fra": "tesseract-ocr-fra"}
 _DEBIAN_LANGUAGE["chi_sim"] = "tesseract-ocr-chi-sim"
@@ -192,9 +211,12 @@ def _make_warmup(path: Path) -> None:
 
 class _Daemon:
     """The scanhopper daemon, folders under ``home``; ``config`` is what its config file
-    holds besides the folders (TOML; empty: the built-in defaults)."""
+    holds besides the folders (TOML; empty: the built-in defaults); ``code``, a folder
+    holding another ``daemon`` package to run instead of this one."""
 
-    def __init__(self, home: Path, warmup: Path, config: str = "") -> None:
+    def __init__(
+        self, home: Path, warmup: Path, config: str = "", code: Path | None = None
+    ) -> None:
         self.home = home
         self.worker_mb = 0.0
         """The largest peak RSS (MB) seen so far in any of its OCR workers."""
@@ -221,6 +243,7 @@ class _Daemon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=code,  # sys.path[0]: its daemon package, not this one
         )
         try:
             wait_for(lambda: self._alive() and "daemon_ready" in self._log_text(), 600, "ready")
@@ -424,7 +447,7 @@ def _report(
     results: dict[tuple[str, str], _Result],
     peak_mb: dict[str, float],
 ) -> None:
-    ratios = [(SCANHOPPER, other) for other in (TESSERACT, BEFORE) if other in tools]
+    ratios = [(SCANHOPPER, other) for other in tools if other != SCANHOPPER]
     speed = [
         [
             "set",
@@ -483,6 +506,38 @@ def _report(
                 print(f"{s.name}, {t}: {results[s.name, t].error}")
 
 
+def _extract_code(revision: str, into: Path) -> Path:
+    """The ``daemon`` package of git revision ``revision`` of this repository, written
+    under ``into`` (``git archive``); returns ``into``.
+
+    Raises:
+        subprocess.CalledProcessError: git does not know the revision.
+    """
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision, "daemon"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        check=True,
+    ).stdout
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def _print_settings(tool: str, config: str, code: Path | None) -> None:
+    """One header line: what ``tool``'s settings resolve to, read by its own code."""
+    resolved = subprocess.run(
+        [sys.executable, "-c", _RESOLVED, config], cwd=code, capture_output=True, check=True
+    ).stdout
+    version, devices, threads, engine, side, limit, stable = json.loads(resolved)
+    print(
+        f"{tool} ({version}, {'its previous defaults' if config else 'its defaults'}): "
+        f"workers {devices} x {threads} threads, engine {engine}, det_limit_side_len "
+        f"{side} ({limit}), intake.stable_seconds {stable:g} (inside each of its timings)"
+    )
+
+
 def run(args: Sequence[str] | None = None) -> ExitCode:
     """Parse the command line, run the benchmark and print the tables.
 
@@ -505,6 +560,11 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
         action="store_true",
         help=f"also run {BEFORE}: scanhopper on its previous defaults",
     )
+    parser.add_argument(
+        "--release",
+        metavar="REV",
+        help="also run scanhopper@REV: the code of git revision REV on its own defaults",
+    )
     options = parser.parse_args(args)
     names = [n.strip() for n in options.sets.split(",") if n.strip()]
     if options.quick:
@@ -524,21 +584,16 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
 
     import ocrmypdf
 
-    from daemon import __version__
-    from daemon.config import Settings
-
     tools = [SCANHOPPER, TESSERACT] + ([BEFORE] if options.before else [])
     configs = {t: _CONFIGS[t] for t in tools if t in _CONFIGS}
+    codes: dict[str, Path] = {}
+    if options.release:
+        release = f"scanhopper@{options.release}"
+        tools.append(release)
+        configs[release] = ""
+        codes[release] = _extract_code(options.release, work / "release")
     for tool, config in configs.items():
-        settings = Settings.model_validate(tomllib.loads(config))
-        print(
-            f"{tool} ({__version__}, "
-            f"{'its previous defaults' if config else 'its defaults'}): workers "
-            f"{settings.workers.devices} x {settings.ocr.cpu_threads} threads, engine "
-            f"{settings.ocr.engine}, det_limit_side_len {settings.ocr.det_limit_side_len} "
-            f"({settings.ocr.det_limit_type}), intake.stable_seconds "
-            f"{settings.intake.stable_seconds:g} (inside each of its timings)"
-        )
+        _print_settings(tool, config, codes.get(tool))
     tesseract_version = subprocess.run(
         ["tesseract", "--version"], capture_output=True, text=True, check=False
     ).stdout.split("\n", 1)[0]
@@ -563,7 +618,7 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
         daemons: dict[str, _Daemon] = {}
         try:
             for tool, config in configs.items():
-                daemons[tool] = _Daemon(home / tool, warmup, config)
+                daemons[tool] = _Daemon(home / tool, warmup, config, codes.get(tool))
             for index, s in enumerate(sets):
                 for tool in tools[:: -1 if (index + round_) % 2 else 1]:
                     result = results[s.name, tool]
