@@ -2,16 +2,17 @@
 
 scanhopper is the real daemon, started as a user starts it (``python -m daemon -c
 FILE run``) on its built-in defaults, the config file naming only its folders (in a
-temp dir; ``SCANHOPPER_*`` variables are dropped). With ``--before`` a second daemon,
-``scanhopper-before``, runs too, on scanhopper's previous defaults: its config file
-adds ``ocr.engine = "onnxruntime"``, ``det_limit_side_len = 64``, ``det_limit_type =
-"min"`` (PaddleX's own), ``rec_batch_size = 8``, ``cpu_threads = 2``,
-``workers.devices = ["cpu"]`` and ``recycle_rss_mb = 0``: today's code on the old
-settings. With ``--release REV`` one more daemon, ``scanhopper@REV``, runs scanhopper's
-own code at git revision ``REV`` (its ``daemon`` package, taken with ``git archive``
-into the work folder, run from there, in this environment) on that
-code's built-in defaults: for example ``--release 346f2a9``, the last commit before
-issue 9's work, is "today's defaults" as that issue measured them. Each
+temp dir; ``SCANHOPPER_*`` variables are dropped). With ``--before [REV]`` a second
+daemon, ``scanhopper@REV``, runs scanhopper's own code of git revision ``REV`` (its
+``daemon`` package, taken with ``git archive`` into the work folder and run from
+there, in this environment) on that code's built-in defaults, the same config file.
+``REV`` defaults to :data:`BEFORE_ISSUE_9`, the defaults issue 9 measured as today's
+(one worker x 2 threads, detection at nearly full resolution, recognition in batches
+of 8, PaddleX's own ONNX Runtime runner). The earlier way, today's code given the old
+settings, measured 254.5 s where the old code itself took 166.6 s on the same pages in
+the same run (today's runner frees ONNX Runtime's memory between calls, which costs
+little at 1280 px detection and much at full resolution; cardinal's sideways pages
+are read twice today), so it flattered today's defaults: gone. Each
 round starts fresh daemons (fresh state, so no page's OCR is reused from an earlier
 round), waits for ``daemon_ready`` and publishes a one-page warm-up PDF to each, so
 model loading is not timed. A timing is then from renaming the PDF into the inbox to
@@ -31,8 +32,7 @@ only; Tesseract reads them as ``eng``, ``francais.pdf`` as ``fra``).
 Prints, per set and in total: pages; seconds (median of ``--rounds`` runs; within a
 round the tools' order is reversed from set to set, and flips each round, so drift
 hits all) and pages/s of each tool; the speed ratio ``scanhopper/tesseract`` and, with
-``--before`` and ``--release``, ``scanhopper/scanhopper-before`` and
-``scanhopper/scanhopper@REV`` (pages/s over pages/s: above 1,
+``--before``, ``scanhopper/scanhopper@REV`` (pages/s over pages/s: above 1,
 scanhopper is faster); the output file size of each (not like for like against
 Tesseract: scanhopper keeps the scan's own JPEG bytes, while OCRmyPDF's
 ``--force-ocr`` output holds each page rasterised again and re-encoded, grey JPEGs
@@ -54,8 +54,7 @@ Needs ``pip install 'scanhopper[bench]'`` and Tesseract with its language data
 something is missing it says what to install and exits with status 2.
 
 Usage, from the repository root:
-``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick] [--before]
-[--release REV]``
+``python -m bench.peers [--rounds 3] [--sets groundtruth,corpus] [--quick] [--before [REV]]``
 (``--quick``: one round on the English ground-truth set, a smoke test).
 """
 
@@ -92,30 +91,21 @@ __all__ = ["ExitCode", "main", "run"]
 CORPUS_FILES = ["multipage", "ccitt", "jbig2", "skew", "francais", "cardinal"]
 """Corpus PDFs (``pdf/<name>.pdf``) timed in the ``corpus`` set."""
 
-SCANHOPPER, TESSERACT, BEFORE = "scanhopper", "tesseract", "scanhopper-before"
+SCANHOPPER, TESSERACT = "scanhopper", "tesseract"
 
-_CONFIGS = {
-    SCANHOPPER: "",
-    BEFORE: (
-        '[ocr]\nengine = "onnxruntime"\ndet_limit_side_len = 64\ndet_limit_type = "min"\n'
-        'rec_batch_size = 8\ncpu_threads = 2\n[workers]\ndevices = ["cpu"]\nrecycle_rss_mb = 0\n'
-    ),
-}
-"""What each scanhopper run's config file holds besides its folders: nothing (the
-built-in defaults), and for ``--before`` the defaults before issue 9 (nearly full
-resolution detection, recognition in batches of 8, one worker x 2 threads, no worker
-recycling)."""
+BEFORE_ISSUE_9 = "346f2a9"
+"""The last commit before issue 9's work (``--before``'s default revision)."""
 
 _RESOLVED = """
-import json, sys, tomllib
+import json
 from daemon import __version__
 from daemon.config import Settings
-s = Settings.model_validate(tomllib.loads(sys.argv[1]))
+s = Settings()
 print(json.dumps([__version__, [str(d) for d in s.workers.devices], s.ocr.cpu_threads,
     s.ocr.engine, s.ocr.det_limit_side_len, s.ocr.det_limit_type, s.intake.stable_seconds]))
 """
-"""Prints, as JSON, what a scanhopper's ``Settings`` resolve to from the config in
-``argv[1]``, run by the Python of that scanhopper's own code."""
+"""Prints, as JSON, what a scanhopper's built-in defaults resolve to, run by the Python
+of that scanhopper's own code."""
 
 _DEBIAN_LANGUAGE = {"eng": "tesseract-ocr-eng", "fra": "tesseract-ocr-fra"}
 _DEBIAN_LANGUAGE["chi_sim"] = "tesseract-ocr-chi-sim"
@@ -210,13 +200,10 @@ def _make_warmup(path: Path) -> None:
 
 
 class _Daemon:
-    """The scanhopper daemon, folders under ``home``; ``config`` is what its config file
-    holds besides the folders (TOML; empty: the built-in defaults); ``code``, a folder
-    holding another ``daemon`` package to run instead of this one."""
+    """The scanhopper daemon on its built-in defaults, folders under ``home``; ``code``, a
+    folder holding another ``daemon`` package to run instead of this one."""
 
-    def __init__(
-        self, home: Path, warmup: Path, config: str = "", code: Path | None = None
-    ) -> None:
+    def __init__(self, home: Path, warmup: Path, code: Path | None = None) -> None:
         self.home = home
         self.worker_mb = 0.0
         """The largest peak RSS (MB) seen so far in any of its OCR workers."""
@@ -233,7 +220,7 @@ class _Daemon:
         config_file = home / "scanhopper.toml"
         # JSON strings and arrays of plain paths are TOML too.
         config_file.write_text(
-            "[folders]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in folders.items()) + config
+            "[folders]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in folders.items())
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCANHOPPER_")}
         self.log_path = home / "daemon.log"
@@ -525,14 +512,14 @@ def _extract_code(revision: str, into: Path) -> Path:
     return into
 
 
-def _print_settings(tool: str, config: str, code: Path | None) -> None:
-    """One header line: what ``tool``'s settings resolve to, read by its own code."""
+def _print_settings(tool: str, code: Path | None) -> None:
+    """One header line: what ``tool``'s defaults resolve to, read by its own code."""
     resolved = subprocess.run(
-        [sys.executable, "-c", _RESOLVED, config], cwd=code, capture_output=True, check=True
+        [sys.executable, "-c", _RESOLVED], cwd=code, capture_output=True, check=True
     ).stdout
     version, devices, threads, engine, side, limit, stable = json.loads(resolved)
     print(
-        f"{tool} ({version}, {'its previous defaults' if config else 'its defaults'}): "
+        f"{tool} ({version}, its defaults): "
         f"workers {devices} x {threads} threads, engine {engine}, det_limit_side_len "
         f"{side} ({limit}), intake.stable_seconds {stable:g} (inside each of its timings)"
     )
@@ -557,13 +544,11 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
     )
     parser.add_argument(
         "--before",
-        action="store_true",
-        help=f"also run {BEFORE}: scanhopper on its previous defaults",
-    )
-    parser.add_argument(
-        "--release",
+        nargs="?",
+        const=BEFORE_ISSUE_9,
         metavar="REV",
-        help="also run scanhopper@REV: the code of git revision REV on its own defaults",
+        help="also run scanhopper@REV: the code of git revision REV (default "
+        f"{BEFORE_ISSUE_9}, before issue 9) on its own defaults",
     )
     options = parser.parse_args(args)
     names = [n.strip() for n in options.sets.split(",") if n.strip()]
@@ -584,16 +569,12 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
 
     import ocrmypdf
 
-    tools = [SCANHOPPER, TESSERACT] + ([BEFORE] if options.before else [])
-    configs = {t: _CONFIGS[t] for t in tools if t in _CONFIGS}
-    codes: dict[str, Path] = {}
-    if options.release:
-        release = f"scanhopper@{options.release}"
-        tools.append(release)
-        configs[release] = ""
-        codes[release] = _extract_code(options.release, work / "release")
-    for tool, config in configs.items():
-        _print_settings(tool, config, codes.get(tool))
+    codes: dict[str, Path | None] = {SCANHOPPER: None}
+    if options.before:
+        codes[f"scanhopper@{options.before}"] = _extract_code(options.before, work / "before")
+    tools = [SCANHOPPER, TESSERACT, *list(codes)[1:]]
+    for tool, code in codes.items():
+        _print_settings(tool, code)
     tesseract_version = subprocess.run(
         ["tesseract", "--version"], capture_output=True, text=True, check=False
     ).stdout.split("\n", 1)[0]
@@ -617,8 +598,8 @@ def run(args: Sequence[str] | None = None) -> ExitCode:
         home = work / f"round-{round_ + 1}"
         daemons: dict[str, _Daemon] = {}
         try:
-            for tool, config in configs.items():
-                daemons[tool] = _Daemon(home / tool, warmup, config, codes.get(tool))
+            for tool, code in codes.items():
+                daemons[tool] = _Daemon(home / tool, warmup, code)
             for index, s in enumerate(sets):
                 for tool in tools[:: -1 if (index + round_) % 2 else 1]:
                     result = results[s.name, tool]
