@@ -307,19 +307,22 @@ class Finalizer:
         error of the environment leaves it for a later try."""
         files = self.store.sealed_files(document.id)
         try:
-            await anyio.to_thread.run_sync(self._clean, document, files)
+            moved = await anyio.to_thread.run_sync(self._clean, document, files)
         except OSError as exc:
             wait = self._clean_backoff.failed(document)
             log.error("cleanup_failed", document=document.path, error=str(exc), retry_seconds=wait)
             return
         self._clean_backoff.succeeded(document)
-        self.store.mark_cleaned(document.id)
+        self.store.mark_cleaned(document.id, moved)
 
-    def _clean(self, document: Document, files: dict[str, str]) -> None:
+    def _clean(self, document: Document, files: dict[str, str]) -> list[str]:
         """Remove temp files and the marker; apply the source policy, or move a failed
         document's files to the failed folder with a reason file (blocking,
         idempotent). Each source is moved or deleted only while it still hashes to
         what was published (or judged); one that changed is left in place.
+
+        Returns:
+            The files no longer in the inbox (moved, deleted, or already gone).
 
         Raises:
             OSError: the environment's (a full failed folder, permissions); the caller
@@ -331,8 +334,9 @@ class Finalizer:
         if is_folder:
             _remove_marker(root, document.path, self.settings.intake.completion_marker)
         policy = self.settings.intake.source_policy
+        moved = []
         if document.state == DocumentState.failed:
-            self._apply(root, files, self.settings.folders.failed)
+            moved = self._apply(root, files, self.settings.folders.failed)
             write_atomically(
                 self.settings.folders.failed,
                 f"{document.path}.reason.txt",
@@ -340,18 +344,23 @@ class Finalizer:
                 replace=False,
             )
         elif policy is SourcePolicy.archive:
-            self._apply(root, files, self.settings.folders.archive)
+            moved = self._apply(root, files, self.settings.folders.archive)
         elif policy is SourcePolicy.delete:
-            self._apply(root, files, None)
+            moved = self._apply(root, files, None)
         if is_folder and (
             document.state == DocumentState.failed or policy is not SourcePolicy.keep
         ):
             _remove_empty_dirs(root, document.path)
+        return moved
 
     @staticmethod
-    def _apply(root: Path, files: dict[str, str], target: Path | None) -> None:
+    def _apply(root: Path, files: dict[str, str], target: Path | None) -> list[str]:
         """Move each file under ``target`` (never replacing an earlier one), or delete
-        it when ``target`` is ``None``; only while it holds the bytes sealed."""
+        it when ``target`` is ``None``; only while it holds the bytes sealed.
+
+        Returns:
+            The files no longer in the inbox: all but those left in place."""
+        moved = []
         for file, content_hash in sorted(files.items()):
             try:
                 if target is None:
@@ -359,9 +368,12 @@ class Finalizer:
                 else:
                     move_verified(root, file, content_hash, target)
             except FileNotFoundError:
-                continue  # already moved (a second run) or removed by the user
+                pass  # already moved (a second run) or removed by the user
             except (SourceChangedError, UnsafePathError) as exc:
                 log.warning("source_left_in_place", file=file, reason=str(exc))
+                continue
+            moved.append(file)
+        return moved
 
 
 def _remove_marker(root: Path, folder: str, marker: str) -> None:

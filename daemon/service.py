@@ -29,11 +29,18 @@ from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
-from .status import known_document
+from .status import document_states, known_document
 from .store import OPEN_STATES, InstanceLock, StateDatabaseError, Store
 from .workers import WorkerPool, open_worker_pool
 
-__all__ = ["INBOX_LOCK", "FolderError", "SystemdNotifier", "request_retry", "run_daemon"]
+__all__ = [
+    "INBOX_LOCK",
+    "FolderError",
+    "RetryRefusedError",
+    "SystemdNotifier",
+    "request_retry",
+    "run_daemon",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +83,19 @@ class SystemdNotifier:
                 log.warning("sd_notify_failed", error=str(exc))
 
 
+class RetryRefusedError(ScanhopperError):
+    """The document failed: its files are in the failed folder, not in the inbox."""
+
+    exit_code = ExitCode.bad_args
+
+
 def request_retry(settings: Settings, target: str | None) -> Path:
     """Leave a retry request for the daemon (picked up while running or at start).
 
     A document is first looked up in the state database (read-only): a path that
-    names no document is refused and no request is written.
+    names no document is refused and no request is written, and so is a ``failed``
+    document, whose files were moved to the failed folder (moving them back into the
+    inbox reads it again; :meth:`~.store.Store.retry` skips it too).
 
     Args:
         target: A document path relative to its inbox root (or a path inside an inbox
@@ -91,10 +106,17 @@ def request_retry(settings: Settings, target: str | None) -> Path:
 
     Raises:
         NotFoundError: the state database knows no document at ``target``.
+        RetryRefusedError: every document at ``target`` is ``failed``.
         StateDatabaseError: ``target`` is given and there is no readable state database.
     """
     if target is not None:
         target = known_document(settings, target)
+        states = document_states(settings, target)
+        if all(state == "failed" for state, _ in states):
+            raise RetryRefusedError(
+                f"{target!r} failed ({states[0][1]}); its files were moved to "
+                f"{settings.folders.failed}: move them back into the inbox to read it again"
+            )
     rel = f"requests/retry-{uuid.uuid4().hex}.json"
     write_atomically(
         settings.folders.state, rel, lambda tmp: tmp.write_text(json.dumps({"retry": target}))

@@ -10,7 +10,14 @@ from .config import Settings
 from .errors import ExitCode, ScanhopperError
 from .store import Store
 
-__all__ = ["NotFoundError", "document_pages", "known_document", "render_table", "status_rows"]
+__all__ = [
+    "NotFoundError",
+    "document_pages",
+    "document_states",
+    "known_document",
+    "render_table",
+    "status_rows",
+]
 
 
 class NotFoundError(ScanhopperError):
@@ -80,6 +87,17 @@ def known_document(settings: Settings, path: str) -> str:
     if not _query(settings, "SELECT 1 FROM documents WHERE path = ? LIMIT 1", [rel]):
         raise NotFoundError(f"no document {path!r} in {settings.database}")
     return rel
+
+
+def document_states(settings: Settings, rel: str) -> list[tuple[str, str | None]]:
+    """``(state, error)`` of each document at ``rel`` (a path relative to its inbox
+    root; one per inbox root holding it), read read-only.
+
+    Raises:
+        StateDatabaseError: no readable state database.
+    """
+    rows = _query(settings, "SELECT state, error FROM documents WHERE path = ?", [rel])
+    return [(row["state"], row["error"]) for row in rows]
 
 
 def _relative(settings: Settings, path: str) -> str:

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -95,6 +96,9 @@ TRANSITIONS: dict[DocumentState, tuple[DocumentState, ...]] = {
     _D.gone: (_D.collecting, _D.complete, _D.waiting, _D.publishing),
 }
 """For each document state, the states it may be entered from."""
+
+_MOVED_SIZE = -1
+"""The size recorded for a file that left the inbox when its document was cleaned."""
 
 
 class StateDatabaseError(ScanhopperError):
@@ -515,9 +519,21 @@ class Store:
         if self._move(document_id, DocumentState.gone, error=None):
             self.log(document_id, None, "info", "document_gone", None)
 
-    def mark_cleaned(self, document_id: int) -> None:
-        """Temp files, marker and source policy are dealt with."""
-        self.db.execute("UPDATE documents SET cleaned = 1 WHERE id = ?", [document_id])
+    def mark_cleaned(self, document_id: int, moved: Collection[str]) -> None:
+        """Temp files, marker and source policy are dealt with; ``moved`` are the files
+        that left the inbox with it (archived, deleted, or moved to the failed folder).
+
+        Their recorded size becomes :data:`_MOVED_SIZE`, which no file has, so a file
+        that comes back to the same path, even renamed back with its old mtime, is a
+        change: intake re-opens the document and reads it (pages read before are
+        not read again: their results are reused by content hash)."""
+        with self.db.atomic():
+            self.db.execute("UPDATE documents SET cleaned = 1 WHERE id = ?", [document_id])
+            for file in moved:
+                self.db.execute(
+                    "UPDATE pages SET size = ? WHERE document_id = ? AND file = ?",
+                    [_MOVED_SIZE, document_id, file],
+                )
 
     def documents_to_clean(self) -> list[Document]:
         """Published or failed documents whose cleaning is still to do."""
@@ -587,6 +603,9 @@ class Store:
         now = time.time()
         waiting = 0
         with self.db.atomic():
+            # Before the file's own rows go: a file read again unchanged (renamed back,
+            # touched) finds its results there.
+            earlier = [self._earlier_result(content_hash, index) for index in range(pages)]
             self.db.execute(
                 "DELETE FROM pages WHERE document_id = ? AND file = ?", [document_id, file]
             )
@@ -606,8 +625,8 @@ class Store:
                     row.update(state="failed", error=error, finished_at=now)
                 elif index in skipped:
                     row.update(state="skipped", finished_at=now)
-                elif (earlier := self._earlier_result(content_hash, index)) is not None:
-                    row.update(state="done", result=earlier, finished_at=now, device="reused")
+                elif (result := earlier[index]) is not None:
+                    row.update(state="done", result=result, finished_at=now, device="reused")
                 else:
                     waiting += 1
                 self.db.table("pages").insert(row)
@@ -709,23 +728,28 @@ class Store:
         )
 
     def retry(self, document_id: int | None = None) -> int:
-        """Failed pages (of one document, or all) go back to pending with no attempts;
-        failed documents back to ``complete``.
+        """Failed pages (of one document, or all) of documents published
+        ``done_with_errors`` go back to pending with no attempts, and those documents
+        back to ``complete``.
+
+        A ``failed`` document is left alone: its files were moved to the failed folder,
+        so there is nothing in the inbox to read again; moving them back into the
+        inbox re-opens it (:meth:`mark_cleaned`).
 
         Returns:
             How many pages will be retried.
         """
-        where, params = ("AND document_id = ?", [document_id]) if document_id else ("", [])
+        where, params = ("AND id = ?", [document_id]) if document_id else ("", [])
+        documents = f"SELECT id FROM documents WHERE state = 'done_with_errors' {where}"
         with self.db.atomic():
             cursor = self.db.execute(
                 "UPDATE pages SET state = 'pending', attempts = 0, error = NULL "
-                f"WHERE state = 'failed' AND kind != 'bad' {where}",
+                f"WHERE state = 'failed' AND kind != 'bad' AND document_id IN ({documents})",
                 params,
             )
-            doc_where = "AND id = ?" if document_id else ""
             self.db.execute(
                 "UPDATE documents SET state = 'complete', error = NULL, complete = 1 "
-                f"WHERE state IN ('failed', 'done_with_errors') {doc_where}",
+                f"WHERE id IN ({documents})",
                 params,
             )
         return cursor.rowcount

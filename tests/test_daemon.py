@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pymupdf
 import pytest
+from fake_engines import engine_calls
 from harness import Daemon, page_image, pdf_texts
 
 from daemon.files import remove_stale_temp_files
@@ -216,6 +217,39 @@ def test_a_failed_page_is_retried_on_request(daemon):
         what="the failed page tried again",
     )
     daemon.wait_for(lambda: daemon.states().get("mixed") == "done_with_errors")
+    assert daemon.stop() == 0
+
+
+def test_a_failed_document_is_read_again_when_its_files_come_back(tmp_path):
+    """Its files were moved to the failed folder: retrying it is refused, saying
+    where they are, and renaming them back into the inbox (their mtimes unchanged)
+    reads it again; the page read before is not read twice."""
+    daemon = Daemon(tmp_path, env={"SCANHOPPER_INTAKE__FAILED_PAGES": "fail"})
+    daemon.start()
+    page_image(daemon.inbox / "mixed" / "raise.png")
+    page_image(daemon.inbox / "mixed" / "ok.png")
+    daemon.command("complete", str(daemon.inbox / "mixed"))
+    daemon.wait_for(lambda: (tmp_path / "failed" / "mixed.reason.txt").exists())
+    assert daemon.states() == {"mixed": "failed"}
+    refused = daemon.command("retry", "mixed", check=False)
+    assert refused.returncode == 1 and "move them back into the inbox" in refused.stderr
+    assert str(tmp_path / "failed") in refused.stderr
+    assert daemon.command("retry", "--failed").returncode == 0
+    daemon.wait_for(
+        lambda: not list((daemon.state / "requests").glob("retry-*.json")),
+        what="the retry request taken",
+    )
+    time.sleep(1)
+    assert daemon.states() == {"mixed": "failed"}  # retry --failed left it alone
+
+    failed = tmp_path / "failed" / "mixed"
+    (failed / "raise.png").unlink()
+    page_image(failed / "fixed.png")  # the bad page, scanned again
+    failed.rename(daemon.inbox / "mixed")  # ok.png keeps its size and mtime
+    daemon.wait_for(lambda: daemon.states().get("mixed") == "done")
+    assert pdf_texts(daemon.outbox / "mixed.pdf") == ["fixed", "ok"]
+    read = sorted(call["page"] for call in engine_calls(daemon.engine_log))
+    assert read == ["fixed.png", "ok.png", "raise.png"]  # ok.png's OCR reused by hash
     assert daemon.stop() == 0
 
 

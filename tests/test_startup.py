@@ -233,6 +233,7 @@ RESTART_CANNOT_FIX = {
     "FolderError": True,  # a folder cannot be made or locked: permissions, a file
     "ModelError": True,  # a model directory missing or incomplete
     "NotFoundError": False,  # status/retry of an unknown document; not a daemon error
+    "RetryRefusedError": False,  # retry of a failed document; not a daemon error
     "StateDatabaseError": True,  # corrupt, newer schema, deleted or replaced
     "WorkerStartError": True,  # the engine cannot load: package, model, device
 }
