@@ -306,23 +306,25 @@ class Finalizer:
         """Clean a published or failed document, then record that it is clean; an
         error of the environment leaves it for a later try."""
         files = self.store.sealed_files(document.id)
+        moved: dict[str, str] = {}
         try:
-            moved = await anyio.to_thread.run_sync(self._clean, document, files)
+            await anyio.to_thread.run_sync(self._clean, document, files, moved)
         except OSError as exc:
             wait = self._clean_backoff.failed(document)
             log.error("cleanup_failed", document=document.path, error=str(exc), retry_seconds=wait)
             return
+        finally:
+            self.store.mark_moved(document.id, moved)  # those moved before an error too
         self._clean_backoff.succeeded(document)
-        self.store.mark_cleaned(document.id, moved)
+        self.store.mark_cleaned(document.id)
 
-    def _clean(self, document: Document, files: dict[str, str]) -> list[str]:
+    def _clean(self, document: Document, files: dict[str, str], moved: dict[str, str]) -> None:
         """Remove temp files and the marker; apply the source policy, or move a failed
         document's files to the failed folder with a reason file (blocking,
         idempotent). Each source is moved or deleted only while it still hashes to
-        what was published (or judged); one that changed is left in place.
-
-        Returns:
-            The files no longer in the inbox (moved, deleted, or already gone).
+        what was published (or judged); one that changed is left in place. ``moved``
+        gains each file of ``files`` that is no longer in the inbox (moved, deleted,
+        or already gone), as it goes.
 
         Raises:
             OSError: the environment's (a full failed folder, permissions); the caller
@@ -334,9 +336,8 @@ class Finalizer:
         if is_folder:
             _remove_marker(root, document.path, self.settings.intake.completion_marker)
         policy = self.settings.intake.source_policy
-        moved = []
         if document.state == DocumentState.failed:
-            moved = self._apply(root, files, self.settings.folders.failed)
+            self._apply(root, files, self.settings.folders.failed, moved)
             write_atomically(
                 self.settings.folders.failed,
                 f"{document.path}.reason.txt",
@@ -344,23 +345,21 @@ class Finalizer:
                 replace=False,
             )
         elif policy is SourcePolicy.archive:
-            moved = self._apply(root, files, self.settings.folders.archive)
+            self._apply(root, files, self.settings.folders.archive, moved)
         elif policy is SourcePolicy.delete:
-            moved = self._apply(root, files, None)
+            self._apply(root, files, None, moved)
         if is_folder and (
             document.state == DocumentState.failed or policy is not SourcePolicy.keep
         ):
             _remove_empty_dirs(root, document.path)
-        return moved
 
     @staticmethod
-    def _apply(root: Path, files: dict[str, str], target: Path | None) -> list[str]:
+    def _apply(
+        root: Path, files: dict[str, str], target: Path | None, moved: dict[str, str]
+    ) -> None:
         """Move each file under ``target`` (never replacing an earlier one), or delete
-        it when ``target`` is ``None``; only while it holds the bytes sealed.
-
-        Returns:
-            The files no longer in the inbox: all but those left in place."""
-        moved = []
+        it when ``target`` is ``None``; only while it holds the bytes sealed. ``moved``
+        gains each file no longer in the inbox afterwards."""
         for file, content_hash in sorted(files.items()):
             try:
                 if target is None:
@@ -368,12 +367,36 @@ class Finalizer:
                 else:
                     move_verified(root, file, content_hash, target)
             except FileNotFoundError:
-                pass  # already moved (a second run) or removed by the user
+                # already moved (a second run) or removed by the user; or the target
+                # folder vanished and the file was put back
+                if not _absent(root, file):
+                    raise
             except (SourceChangedError, UnsafePathError) as exc:
                 log.warning("source_left_in_place", file=file, reason=str(exc))
                 continue
-            moved.append(file)
-        return moved
+            moved[file] = content_hash
+
+
+def _absent(root: Path, rel: str) -> bool:
+    """True when nothing is at ``rel`` under ``root`` (looked up through folder
+    descriptors, no link followed); False when something is, or when that cannot be
+    told."""
+    path = PurePosixPath(rel)
+    try:
+        dir_fd = open_dir(root, path.parent if str(path.parent) != "." else "")
+    except FileNotFoundError:
+        return True
+    except (OSError, UnsafePathError):
+        return False
+    try:
+        os.stat(path.name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
+    return False
 
 
 def _remove_marker(root: Path, folder: str, marker: str) -> None:

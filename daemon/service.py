@@ -22,14 +22,14 @@ from pathlib import Path
 import anyio
 import structlog
 
-from .config import Settings
+from .config import Settings, SourcePolicy
 from .engine import limit_image_pixels
 from .errors import ExitCode, ScanhopperError
 from .files import remove_stale_temp_files, write_atomically
 from .finalize import Finalizer
 from .intake import Intake
 from .scheduler import Scheduler
-from .status import document_states, known_document
+from .status import failed_pages, known_document
 from .store import OPEN_STATES, InstanceLock, StateDatabaseError, Store
 from .workers import WorkerPool, open_worker_pool
 
@@ -84,7 +84,7 @@ class SystemdNotifier:
 
 
 class RetryRefusedError(ScanhopperError):
-    """The document failed: its files are in the failed folder, not in the inbox."""
+    """The document's failed pages have no file in the inbox to read again."""
 
     exit_code = ExitCode.bad_args
 
@@ -93,9 +93,10 @@ def request_retry(settings: Settings, target: str | None) -> Path:
     """Leave a retry request for the daemon (picked up while running or at start).
 
     A document is first looked up in the state database (read-only): a path that
-    names no document is refused and no request is written, and so is a ``failed``
-    document, whose files were moved to the failed folder (moving them back into the
-    inbox reads it again; :meth:`~.store.Store.retry` skips it too).
+    names no document is refused and no request is written, and so is a document whose
+    failed pages' files all left the inbox when it was cleaned (a failed document's
+    are in the failed folder): moving them back into the inbox reads them again, and
+    :meth:`~.store.Store.retry` skips them too.
 
     Args:
         target: A document path relative to its inbox root (or a path inside an inbox
@@ -106,22 +107,33 @@ def request_retry(settings: Settings, target: str | None) -> Path:
 
     Raises:
         NotFoundError: the state database knows no document at ``target``.
-        RetryRefusedError: every document at ``target`` is ``failed``.
+        RetryRefusedError: ``target``'s failed pages all wait for their files.
         StateDatabaseError: ``target`` is given and there is no readable state database.
     """
     if target is not None:
         target = known_document(settings, target)
-        states = document_states(settings, target)
-        if all(state == "failed" for state, _ in states):
+        retriable, moved = failed_pages(settings, target)
+        if moved and not retriable:
             raise RetryRefusedError(
-                f"{target!r} failed ({states[0][1]}); its files were moved to "
-                f"{settings.folders.failed}: move them back into the inbox to read it again"
+                f"the files of {target!r}'s {moved} failed page(s) left the inbox when it "
+                f"was cleaned ({_moved_to(settings)}): move them back into the inbox to "
+                "read them again"
             )
     rel = f"requests/retry-{uuid.uuid4().hex}.json"
     write_atomically(
         settings.folders.state, rel, lambda tmp: tmp.write_text(json.dumps({"retry": target}))
     )
     return settings.folders.state / rel
+
+
+def _moved_to(settings: Settings) -> str:
+    """Where cleaning puts the files of a failed, and of a published, document."""
+    published = {
+        SourcePolicy.keep: "",
+        SourcePolicy.archive: f", a published one's in {settings.folders.archive}",
+        SourcePolicy.delete: ", a published one's are deleted",
+    }[settings.intake.source_policy]
+    return f"a failed document's are in {settings.folders.failed}{published}"
 
 
 def _take_requests(settings: Settings, store: Store) -> None:

@@ -13,7 +13,7 @@ from .store import Store
 __all__ = [
     "NotFoundError",
     "document_pages",
-    "document_states",
+    "failed_pages",
     "known_document",
     "render_table",
     "status_rows",
@@ -89,15 +89,19 @@ def known_document(settings: Settings, path: str) -> str:
     return rel
 
 
-def document_states(settings: Settings, rel: str) -> list[tuple[str, str | None]]:
-    """``(state, error)`` of each document at ``rel`` (a path relative to its inbox
-    root; one per inbox root holding it), read read-only.
+def failed_pages(settings: Settings, rel: str) -> tuple[int, int]:
+    """Failed pages of the documents at ``rel`` (a path relative to its inbox root),
+    read read-only: how many ``retry`` reads again, and how many wait for their file
+    to come back to the inbox (:meth:`~.store.Store.failed_pages`).
 
     Raises:
         StateDatabaseError: no readable state database.
     """
-    rows = _query(settings, "SELECT state, error FROM documents WHERE path = ?", [rel])
-    return [(row["state"], row["error"]) for row in rows]
+    store = Store.open_readonly(settings.database)
+    try:
+        return store.failed_pages(rel)
+    finally:
+        store.close()
 
 
 def _relative(settings: Settings, path: str) -> str:

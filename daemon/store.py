@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -39,7 +39,7 @@ __all__ = [
     "Store",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Current schema version, kept in ``PRAGMA user_version``."""
 
 
@@ -99,6 +99,10 @@ TRANSITIONS: dict[DocumentState, tuple[DocumentState, ...]] = {
 
 _MOVED_SIZE = -1
 """The size recorded for a file that left the inbox when its document was cleaned."""
+
+_FAILED_PAGE = "state = 'failed' AND kind != 'bad'"
+"""A page that failed in OCR or preparing it (a ``bad`` file's one row is its file
+refused: reading it again cannot help)."""
 
 
 class StateDatabaseError(ScanhopperError):
@@ -216,6 +220,10 @@ _MIGRATIONS = [
     ALTER TABLE documents ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE documents ADD COLUMN changed_at REAL;
     ALTER TABLE pages ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+    """,
+    """
+    UPDATE pages SET size = -1 WHERE sealed = 1 AND document_id IN
+        (SELECT id FROM documents WHERE state = 'failed' AND cleaned = 1);
     """,
 ]
 """Migration ``n`` brings the schema from version ``n`` to ``n + 1``."""
@@ -519,20 +527,26 @@ class Store:
         if self._move(document_id, DocumentState.gone, error=None):
             self.log(document_id, None, "info", "document_gone", None)
 
-    def mark_cleaned(self, document_id: int, moved: Collection[str]) -> None:
-        """Temp files, marker and source policy are dealt with; ``moved`` are the files
-        that left the inbox with it (archived, deleted, or moved to the failed folder).
+    def mark_cleaned(self, document_id: int) -> None:
+        """Temp files, marker and source policy are dealt with."""
+        self.db.execute("UPDATE documents SET cleaned = 1 WHERE id = ?", [document_id])
+
+    def mark_moved(self, document_id: int, moved: Mapping[str, str]) -> None:
+        """Sealed files that left the inbox at cleaning (archived, deleted, or moved to
+        the failed folder): ``{file: SHA-256}``.
 
         Their recorded size becomes :data:`_MOVED_SIZE`, which no file has, so a file
         that comes back to the same path, even renamed back with its old mtime, is a
         change: intake re-opens the document and reads it (pages read before are
-        not read again: their results are reused by content hash)."""
+        not read again: their results are reused by content hash). Rows intake wrote
+        meanwhile (a file replaced while its old one was archived) are not sealed
+        with that hash, and keep their size."""
         with self.db.atomic():
-            self.db.execute("UPDATE documents SET cleaned = 1 WHERE id = ?", [document_id])
-            for file in moved:
+            for file, content_hash in moved.items():
                 self.db.execute(
-                    "UPDATE pages SET size = ? WHERE document_id = ? AND file = ?",
-                    [_MOVED_SIZE, document_id, file],
+                    "UPDATE pages SET size = ? WHERE document_id = ? AND file = ? "
+                    "AND sealed = 1 AND content_hash = ?",
+                    [_MOVED_SIZE, document_id, file, content_hash],
                 )
 
     def documents_to_clean(self) -> list[Document]:
@@ -643,6 +657,18 @@ class Store:
         )
         return rows[0]["result"] if rows else None
 
+    def failed_pages(self, path: str) -> tuple[int, int]:
+        """Failed pages of the documents at ``path`` (under any inbox root): how many
+        :meth:`retry` reads again, and how many wait for their file to come back to
+        the inbox (:meth:`mark_moved`)."""
+        row = self.db.execute(
+            f"SELECT COALESCE(SUM(size != {_MOVED_SIZE}), 0), "
+            f"COALESCE(SUM(size = {_MOVED_SIZE}), 0) FROM pages WHERE {_FAILED_PAGE} "
+            "AND document_id IN (SELECT id FROM documents WHERE path = ?)",
+            [path],
+        ).fetchone()
+        return row[0], row[1]
+
     def remove_file(self, document_id: int, file: str) -> None:
         """Forget a file: it left the inbox before its document was published, or it
         changed since it was read (intake reads it again)."""
@@ -728,28 +754,29 @@ class Store:
         )
 
     def retry(self, document_id: int | None = None) -> int:
-        """Failed pages (of one document, or all) of documents published
-        ``done_with_errors`` go back to pending with no attempts, and those documents
-        back to ``complete``.
+        """Failed pages (of one document, or all) whose file is still in the inbox go
+        back to pending with no attempts; their ``failed`` or ``done_with_errors``
+        documents back to ``complete``.
 
-        A ``failed`` document is left alone: its files were moved to the failed folder,
-        so there is nothing in the inbox to read again; moving them back into the
-        inbox re-opens it (:meth:`mark_cleaned`).
+        A page whose file left the inbox at cleaning (:meth:`mark_moved`: a failed
+        document's files are in the failed folder, a published one's may be archived
+        or deleted) is left alone: there is nothing to read again until the file
+        comes back to the inbox, which re-opens its document.
 
         Returns:
             How many pages will be retried.
         """
-        where, params = ("AND id = ?", [document_id]) if document_id else ("", [])
-        documents = f"SELECT id FROM documents WHERE state = 'done_with_errors' {where}"
+        where, params = ("AND document_id = ?", [document_id]) if document_id else ("", [])
+        pages = f"{_FAILED_PAGE} AND size != {_MOVED_SIZE} {where}"
         with self.db.atomic():
-            cursor = self.db.execute(
-                "UPDATE pages SET state = 'pending', attempts = 0, error = NULL "
-                f"WHERE state = 'failed' AND kind != 'bad' AND document_id IN ({documents})",
-                params,
-            )
             self.db.execute(
                 "UPDATE documents SET state = 'complete', error = NULL, complete = 1 "
-                f"WHERE id IN ({documents})",
+                "WHERE state IN ('failed', 'done_with_errors') AND id IN "
+                f"(SELECT document_id FROM pages WHERE {pages})",
+                params,
+            )
+            cursor = self.db.execute(
+                f"UPDATE pages SET state = 'pending', attempts = 0, error = NULL WHERE {pages}",
                 params,
             )
         return cursor.rowcount

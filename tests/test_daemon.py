@@ -220,36 +220,52 @@ def test_a_failed_page_is_retried_on_request(daemon):
     assert daemon.stop() == 0
 
 
-def test_a_failed_document_is_read_again_when_its_files_come_back(tmp_path):
-    """Its files were moved to the failed folder: retrying it is refused, saying
-    where they are, and renaming them back into the inbox (their mtimes unchanged)
-    reads it again; the page read before is not read twice."""
-    daemon = Daemon(tmp_path, env={"SCANHOPPER_INTAKE__FAILED_PAGES": "fail"})
+@pytest.mark.parametrize(
+    ("env", "state", "folder", "output"),
+    [
+        ({"SCANHOPPER_INTAKE__FAILED_PAGES": "fail"}, "failed", "failed", "mixed.pdf"),
+        (
+            {"SCANHOPPER_INTAKE__SOURCE_POLICY": "archive"},
+            "done_with_errors",
+            "archive",
+            "mixed (2).pdf",
+        ),
+    ],
+)
+def test_files_that_left_the_inbox_are_read_when_they_come_back(
+    tmp_path, env, state, folder, output
+):
+    """A failed document's files are moved to the failed folder; a published one's
+    may be archived. Retrying their failed pages is refused, naming the folder, and
+    ``retry --failed`` leaves them alone (before: the document sat ``waiting`` for
+    ever). A file renamed back into the inbox, size and mtime unchanged, is read
+    again: its OCR by content hash."""
+    daemon = Daemon(tmp_path, env=env)
     daemon.start()
     page_image(daemon.inbox / "mixed" / "raise.png")
     page_image(daemon.inbox / "mixed" / "ok.png")
     daemon.command("complete", str(daemon.inbox / "mixed"))
-    daemon.wait_for(lambda: (tmp_path / "failed" / "mixed.reason.txt").exists())
-    assert daemon.states() == {"mixed": "failed"}
+    moved = tmp_path / folder / "mixed"
+    daemon.wait_for(lambda: (moved / "raise.png").exists() and (moved / "ok.png").exists())
+    daemon.wait_for(lambda: not (daemon.inbox / "mixed").exists(), what="cleaned")
+    assert daemon.states() == {"mixed": state}
     refused = daemon.command("retry", "mixed", check=False)
     assert refused.returncode == 1 and "move them back into the inbox" in refused.stderr
-    assert str(tmp_path / "failed") in refused.stderr
+    assert str(tmp_path / folder) in refused.stderr
     assert daemon.command("retry", "--failed").returncode == 0
     daemon.wait_for(
         lambda: not list((daemon.state / "requests").glob("retry-*.json")),
         what="the retry request taken",
     )
     time.sleep(1)
-    assert daemon.states() == {"mixed": "failed"}  # retry --failed left it alone
+    assert daemon.states() == {"mixed": state}  # retry --failed left it alone
 
-    failed = tmp_path / "failed" / "mixed"
-    (failed / "raise.png").unlink()
-    page_image(failed / "fixed.png")  # the bad page, scanned again
-    failed.rename(daemon.inbox / "mixed")  # ok.png keeps its size and mtime
+    (daemon.inbox / "mixed").mkdir()
+    (moved / "ok.png").rename(daemon.inbox / "mixed" / "ok.png")
     daemon.wait_for(lambda: daemon.states().get("mixed") == "done")
-    assert pdf_texts(daemon.outbox / "mixed.pdf") == ["fixed", "ok"]
+    assert pdf_texts(daemon.outbox / output) == ["ok"]
     read = sorted(call["page"] for call in engine_calls(daemon.engine_log))
-    assert read == ["fixed.png", "ok.png", "raise.png"]  # ok.png's OCR reused by hash
+    assert read == ["ok.png", "raise.png"]  # ok.png once: its OCR was reused
     assert daemon.stop() == 0
 
 

@@ -263,3 +263,38 @@ def test_systemd_does_not_restart_into_a_configuration_or_installation_error():
     (listed,) = re.findall(r"^RestartPreventExitStatus=(.*)$", unit, re.MULTILINE)
     assert {int(code) for code in listed.split()} == permanent == {5, 6, 7, 9}
     assert re.search(r"^Restart=on-failure$", unit, re.MULTILINE)
+
+
+def test_schema_3_records_the_files_failed_documents_moved_out(tmp_path):
+    """A database of schema 2 cleaned failed documents without recording that their
+    files left the inbox: the migration records it, so they are read when they come
+    back. Other documents keep their sizes (whether a published one's files were
+    archived or deleted is not in the database)."""
+    from daemon.store import Store
+
+    path = tmp_path / "state.db"
+    store = Store.open(path)
+    for name in ("failed", "complete"):
+        document = store.add_document("/inbox", name, "folder")
+        store.add_file(
+            document.id,
+            f"{name}/p.png",
+            kind="image",
+            pages=1,
+            size=10,
+            mtime_ns=5,
+            content_hash=name,
+        )
+        store.mark_complete(document.id)
+        if name == "failed":
+            store.mark_failed(document.id, "1 page(s) failed")
+        store.mark_cleaned(document.id)
+    store.db.execute("PRAGMA user_version = 2")
+    store.close()
+    store = Store.open(path)
+    try:
+        failed, complete = (store.document("/inbox", n) for n in ("failed", "complete"))
+        assert store.files(failed.id) == {"failed/p.png": (-1, 5, "failed")}
+        assert store.files(complete.id) == {"complete/p.png": (10, 5, "complete")}
+    finally:
+        store.close()
