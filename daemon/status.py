@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import Settings
 from .errors import ExitCode, ScanhopperError
@@ -97,11 +98,7 @@ def failed_pages(settings: Settings, rel: str) -> tuple[int, int]:
     Raises:
         StateDatabaseError: no readable state database.
     """
-    store = Store.open_readonly(settings.database)
-    try:
-        return store.failed_pages(rel)
-    finally:
-        store.close()
+    return _read(settings, lambda store: store.failed_pages(rel))
 
 
 def _relative(settings: Settings, path: str) -> str:
@@ -131,8 +128,16 @@ def _cell(value: Any) -> str:
 
 def _query(settings: Settings, sql: str, params: list[Any]) -> list[dict[str, Any]]:
     """Rows of one query on the state database, opened read-only."""
+    return _read(settings, lambda store: list(store.db.query(sql, params)))
+
+
+_T = TypeVar("_T")
+
+
+def _read(settings: Settings, read: Callable[[Store], _T]) -> _T:
+    """``read`` on the state database, opened read-only, then closed."""
     store = Store.open_readonly(settings.database)
     try:
-        return list(store.db.query(sql, params))
+        return read(store)
     finally:
         store.close()
